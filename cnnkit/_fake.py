@@ -1,0 +1,206 @@
+"""Fake (meta) kernels for the cnnkit ops: output shapes without computing, for
+torch.compile and torch.library.opcheck.
+
+They repeat the rules of csrc/problem.cpp with the same messages (the tests
+check both), so errors read the same under torch.compile as in eager mode.
+"""
+from __future__ import annotations
+
+import torch
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check(cond, *message):
+    if not cond:
+        raise RuntimeError("".join(str(m) for m in message))
+
+
+def _shape(t):
+    return list(t.shape)
+
+
+def check_dtype(fn, arg, t):
+    if t.device.type == "cuda":
+        _check(t.dtype in _CUDA_DTYPES, fn, ": expected ", arg, " of dtype torch.float32, "
+               "torch.float64, torch.float16 or torch.bfloat16, but got ", t.dtype)
+    else:
+        _check(t.dtype in _CPU_DTYPES, fn, ": expected ", arg,
+               " of dtype torch.float32 or torch.float64, but got ", t.dtype)
+
+
+def check_same_device_dtype(fn, arg, input, other_arg, other):
+    _check(other.device == input.device, fn, ": expected ", other_arg, " on the device of ", arg,
+           " (", input.device, "), but got ", other.device)
+    _check(other.dtype == input.dtype, fn, ": expected ", other_arg, " of the dtype of ", arg,
+           " (", input.dtype, "), but got ", other.dtype)
+
+
+def check_dim(fn, arg, t, layout):
+    _check(t.dim() == 4, fn, ": expected 4D ", arg, " ", layout, ", but got shape ", _shape(t))
+
+
+def check_positive_pair(fn, arg, v):
+    v = list(v)
+    _check(len(v) == 2, fn, ": expected ", arg, " of 2 entries, but got ", arg, "=", v)
+    _check(v[0] > 0 and v[1] > 0, fn, ": expected ", arg, " to be positive, but got ", arg, "=", v)
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def _conv_padding(fn, padding):
+    padding = list(padding)
+    _check(len(padding) in (2, 4), fn, ": expected padding of 2 entries (or 4: top, bottom, left, "
+           "right), but got padding=", padding)
+    for p in padding:
+        _check(p >= 0, fn, ": expected padding to be non-negative, but got padding=", padding)
+    if len(padding) == 2:
+        return [padding[0], padding[0], padding[1], padding[1]]
+    return padding
+
+
+def _conv_geometry(fn, C, H, W, K, R, S, stride, padding, dilation, groups):
+    """(P, Q) after the checks shared by the three views of a convolution."""
+    check_positive_pair(fn, "stride", stride)
+    check_positive_pair(fn, "dilation", dilation)
+    pad = _conv_padding(fn, padding)
+    _check(groups > 0, fn, ": expected groups to be positive, but got groups=", groups)
+    _check(C % groups == 0, fn, ": expected input channels (", C, ") to be divisible by groups (",
+           groups, ")")
+    _check(K % groups == 0, fn, ": expected output channels (", K, ") to be divisible by groups (",
+           groups, ")")
+    _check(R > 0 and S > 0, fn, ": expected kernel size to be positive, but got kernel size ",
+           R, "x", S)
+    eff_r, eff_s = dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1
+    padded_h, padded_w = H + pad[0] + pad[1], W + pad[2] + pad[3]
+    _check(eff_r <= padded_h and eff_s <= padded_w, fn, ": expected the kernel (", eff_r, "x", eff_s,
+           " after dilation) to fit in the padded input (", padded_h, "x", padded_w,
+           "), but it is larger")
+    P = (padded_h - eff_r) // stride[0] + 1
+    Q = (padded_w - eff_s) // stride[1] + 1
+    return P, Q
+
+
+def _check_weight_channels(fn, weight, in_channels, groups):
+    _check(weight.shape[1] * groups == in_channels, fn, ": expected weight.shape[1] = input "
+           "channels / groups = ", in_channels, " / ", groups, ", but got weight of shape ",
+           _shape(weight))
+
+
+def _check_bias(fn, input, bias, out_channels):
+    if bias is None:
+        return
+    check_same_device_dtype(fn, "input", input, "bias", bias)
+    _check(bias.dim() == 1 and bias.shape[0] == out_channels, fn, ": expected bias of shape [",
+           out_channels, "], but got shape ", _shape(bias))
+
+
+@torch.library.register_fake("cnnkit::conv2d")
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
+    fn = "cnnkit.conv2d"
+    check_dim(fn, "input", input, "(N, C, H, W)")
+    check_dim(fn, "weight", weight, "(C_out, C_in/groups, kH, kW)")
+    check_dtype(fn, "input", input)
+    check_same_device_dtype(fn, "input", input, "weight", weight)
+    N, C, H, W = input.shape
+    K, _, R, S = weight.shape
+    P, Q = _conv_geometry(fn, C, H, W, K, R, S, stride, padding, dilation, groups)
+    _check_weight_channels(fn, weight, C, groups)
+    _check_bias(fn, input, bias, K)
+    return input.new_empty((N, K, P, Q))
+
+
+@torch.library.register_fake("cnnkit::conv2d_input_backward")
+def _conv2d_input_backward_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
+    fn = "cnnkit.conv2d_input_backward"
+    check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)")
+    check_dim(fn, "weight", weight, "(C_out, C_in/groups, kH, kW)")
+    check_dtype(fn, "grad_output", grad_output)
+    check_same_device_dtype(fn, "grad_output", grad_output, "weight", weight)
+    input_size = list(input_size)
+    _check(len(input_size) == 2 and input_size[0] > 0 and input_size[1] > 0, fn,
+           ": expected input_size of 2 positive entries, but got input_size=", input_size)
+    _check(grad_output.shape[1] == weight.shape[0], fn, ": expected grad_output.shape[1] = "
+           "weight.shape[0] = ", weight.shape[0], ", but got grad_output of shape ",
+           _shape(grad_output))
+    N = grad_output.shape[0]
+    K, Cg, R, S = weight.shape
+    P, Q = _conv_geometry(fn, Cg * groups, *input_size, K, R, S, stride, padding, dilation, groups)
+    _check(grad_output.shape[2] == P and grad_output.shape[3] == Q, fn,
+           ": expected grad_output of spatial size [", P, ", ", Q, "] for input_size ", input_size,
+           ", but got shape ", _shape(grad_output))
+    return grad_output.new_empty((N, Cg * groups, *input_size))
+
+
+@torch.library.register_fake("cnnkit::conv2d_weight_backward")
+def _conv2d_weight_backward_fake(grad_output, input, kernel_size, stride, padding, dilation, groups):
+    fn = "cnnkit.conv2d_weight_backward"
+    check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)")
+    check_dim(fn, "input", input, "(N, C, H, W)")
+    check_dtype(fn, "input", input)
+    check_same_device_dtype(fn, "input", input, "grad_output", grad_output)
+    kernel_size = list(kernel_size)
+    _check(len(kernel_size) == 2, fn, ": expected kernel_size of 2 entries, but got kernel_size=",
+           kernel_size)
+    _check(grad_output.shape[0] == input.shape[0], fn, ": expected grad_output.shape[0] = "
+           "input.shape[0] = ", input.shape[0], ", but got grad_output of shape ", _shape(grad_output))
+    N, C, H, W = input.shape
+    K = grad_output.shape[1]
+    P, Q = _conv_geometry(fn, C, H, W, K, *kernel_size, stride, padding, dilation, groups)
+    _check(grad_output.shape[2] == P and grad_output.shape[3] == Q, fn,
+           ": expected grad_output of spatial size [", P, ", ", Q, "] for input of shape ",
+           _shape(input), ", but got shape ", _shape(grad_output))
+    return input.new_empty((K, C // groups, *kernel_size))
+
+
+@torch.library.register_fake("cnnkit::conv2d_bias_backward")
+def _conv2d_bias_backward_fake(grad_output):
+    fn = "cnnkit.conv2d_bias_backward"
+    check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)")
+    check_dtype(fn, "grad_output", grad_output)
+    return grad_output.new_empty((grad_output.shape[1],))
+
+
+@torch.library.register_fake("cnnkit::conv_transpose2d")
+def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding, groups, dilation):
+    fn = "cnnkit.conv_transpose2d"
+    check_dim(fn, "input", input, "(N, C_in, H, W)")
+    check_dim(fn, "weight", weight, "(C_in, C_out/groups, kH, kW)")
+    check_dtype(fn, "input", input)
+    check_same_device_dtype(fn, "input", input, "weight", weight)
+    check_positive_pair(fn, "stride", stride)
+    check_positive_pair(fn, "dilation", dilation)
+    padding, output_padding = list(padding), list(output_padding)
+    _check(len(padding) == 2 and padding[0] >= 0 and padding[1] >= 0, fn,
+           ": expected padding of 2 non-negative entries, but got padding=", padding)
+    _check(groups > 0, fn, ": expected groups to be positive, but got groups=", groups)
+    N, C_in, H, W = input.shape
+    _check(C_in % groups == 0, fn, ": expected input channels (", C_in,
+           ") to be divisible by groups (", groups, ")")
+    _check(weight.shape[0] == C_in, fn, ": expected weight.shape[0] = input channels = ", C_in,
+           ", but got weight of shape ", _shape(weight))
+    _check(len(output_padding) == 2, fn, ": expected output_padding of 2 entries, but got "
+           "output_padding=", output_padding)
+    for i in range(2):
+        _check(output_padding[i] >= 0 and (output_padding[i] < stride[i] or
+                                           output_padding[i] < dilation[i]),
+               fn, ": expected output_padding to be non-negative and smaller than either stride "
+               "or dilation, but got output_padding=", output_padding, " for stride=", list(stride),
+               " and dilation=", list(dilation))
+    R, S = weight.shape[2:]
+    _check(R > 0 and S > 0, fn, ": expected kernel size to be positive, but got kernel size ",
+           R, "x", S)
+    out_h = (H - 1) * stride[0] - 2 * padding[0] + dilation[0] * (R - 1) + output_padding[0] + 1
+    out_w = (W - 1) * stride[1] - 2 * padding[1] + dilation[1] * (S - 1) + output_padding[1] + 1
+    _check(out_h > 0 and out_w > 0, fn, ": expected a positive output size, but got [", out_h,
+           ", ", out_w, "] for input of shape ", _shape(input), ", padding=", padding,
+           " and kernel size ", R, "x", S)
+    C_out = weight.shape[1] * groups
+    _check_bias(fn, input, bias, C_out)
+    _conv_geometry(fn, C_out, out_h, out_w, C_in, R, S, stride, padding, dilation, groups)
+    return input.new_empty((N, C_out, out_h, out_w))
+
+
+# --------------------------------------------------------------------------- pooling

@@ -1,0 +1,237 @@
+// The one place where argument checks and shape rules live. Every message names
+// the function, the argument, what was expected and what came. cnnkit/_fake.py
+// repeats these rules with the same messages for torch.compile.
+#include "problem.h"
+
+#include <c10/util/Exception.h>
+
+#include <array>
+
+namespace cnnkit {
+
+std::string dtype_name(c10::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kBool: return "torch.bool";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return std::string("torch.") + c10::toString(dtype);
+  }
+}
+
+void check_dtype(const char* fn, const char* arg, const at::Tensor& t) {
+  const auto dtype = t.scalar_type();
+  if (t.is_cuda()) {
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                    dtype == at::kBFloat16,
+                fn, ": expected ", arg, " of dtype torch.float32, torch.float64, torch.float16 or ",
+                "torch.bfloat16, but got ", dtype_name(dtype));
+  } else {
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, fn, ": expected ", arg,
+                " of dtype torch.float32 or torch.float64, but got ", dtype_name(dtype));
+  }
+}
+
+void check_same_device_dtype(const char* fn, const char* arg, const at::Tensor& input,
+                             const char* other_arg, const at::Tensor& other) {
+  TORCH_CHECK(other.device() == input.device(), fn, ": expected ", other_arg, " on the device of ",
+              arg, " (", input.device(), "), but got ", other.device());
+  TORCH_CHECK(other.scalar_type() == input.scalar_type(), fn, ": expected ", other_arg,
+              " of the dtype of ", arg, " (", dtype_name(input.scalar_type()), "), but got ",
+              dtype_name(other.scalar_type()));
+}
+
+namespace {
+
+void check_dim(const char* fn, const char* arg, const at::Tensor& t, const char* layout) {
+  TORCH_CHECK(t.dim() == 4, fn, ": expected 4D ", arg, " ", layout, ", but got shape ", t.sizes());
+}
+
+void check_positive_pair(const char* fn, const char* arg, at::IntArrayRef v) {
+  TORCH_CHECK(v.size() == 2, fn, ": expected ", arg, " of 2 entries, but got ", arg, "=", v);
+  TORCH_CHECK(v[0] > 0 && v[1] > 0, fn, ": expected ", arg, " to be positive, but got ", arg,
+              "=", v);
+}
+
+// (top, bottom, left, right) from 2 entries (symmetric) or 4.
+std::array<int64_t, 4> conv_padding(const char* fn, at::IntArrayRef padding) {
+  TORCH_CHECK(padding.size() == 2 || padding.size() == 4, fn,
+              ": expected padding of 2 entries (or 4: top, bottom, left, right), but got padding=",
+              padding);
+  for (auto p : padding) {
+    TORCH_CHECK(p >= 0, fn, ": expected padding to be non-negative, but got padding=", padding);
+  }
+  if (padding.size() == 2) return {padding[0], padding[0], padding[1], padding[1]};
+  return {padding[0], padding[1], padding[2], padding[3]};
+}
+
+// Output extent along one axis; 0 or less means the kernel does not fit.
+int64_t conv_out_size(int64_t in, int64_t pad_total, int64_t kernel, int64_t stride,
+                      int64_t dilation) {
+  return (in + pad_total - dilation * (kernel - 1) - 1) / stride + 1;
+}
+
+// The checks and geometry common to the three views of one convolution
+// (forward, input gradient, weight gradient): everything but tensor shapes.
+Conv2dProblem conv_geometry(const char* fn, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
+                            int64_t R, int64_t S, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, int64_t groups) {
+  check_positive_pair(fn, "stride", stride);
+  check_positive_pair(fn, "dilation", dilation);
+  const auto pad = conv_padding(fn, padding);
+  TORCH_CHECK(groups > 0, fn, ": expected groups to be positive, but got groups=", groups);
+  TORCH_CHECK(C % groups == 0, fn, ": expected input channels (", C,
+              ") to be divisible by groups (", groups, ")");
+  TORCH_CHECK(K % groups == 0, fn, ": expected output channels (", K,
+              ") to be divisible by groups (", groups, ")");
+  TORCH_CHECK(R > 0 && S > 0, fn, ": expected kernel size to be positive, but got kernel size ",
+              R, "x", S);
+  const int64_t eff_r = dilation[0] * (R - 1) + 1, eff_s = dilation[1] * (S - 1) + 1;
+  const int64_t padded_h = H + pad[0] + pad[1], padded_w = W + pad[2] + pad[3];
+  TORCH_CHECK(eff_r <= padded_h && eff_s <= padded_w, fn, ": expected the kernel (", eff_r, "x",
+              eff_s, " after dilation) to fit in the padded input (", padded_h, "x", padded_w,
+              "), but it is larger");
+  Conv2dProblem pb{};
+  pb.N = N; pb.C = C; pb.H = H; pb.W = W; pb.K = K; pb.R = R; pb.S = S;
+  pb.P = conv_out_size(H, pad[0] + pad[1], R, stride[0], dilation[0]);
+  pb.Q = conv_out_size(W, pad[2] + pad[3], S, stride[1], dilation[1]);
+  pb.pad_h = pad[0]; pb.pad_w = pad[2];
+  pb.stride_h = stride[0]; pb.stride_w = stride[1];
+  pb.dilation_h = dilation[0]; pb.dilation_w = dilation[1];
+  pb.groups = groups;
+  return pb;
+}
+
+void check_weight_channels(const char* fn, const at::Tensor& weight, int64_t in_channels,
+                           int64_t groups) {
+  TORCH_CHECK(weight.size(1) * groups == in_channels, fn, ": expected weight.shape[1] = input ",
+              "channels / groups = ", in_channels, " / ", groups, ", but got weight of shape ",
+              weight.sizes());
+}
+
+void check_bias(const char* fn, const at::Tensor& input, const std::optional<at::Tensor>& bias,
+                int64_t out_channels) {
+  if (!bias.has_value()) return;
+  check_same_device_dtype(fn, "input", input, "bias", *bias);
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, fn,
+              ": expected bias of shape [", out_channels, "], but got shape ", bias->sizes());
+}
+
+}  // namespace
+
+Conv2dProblem conv2d_problem(const char* fn, const at::Tensor& input, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  check_dim(fn, "input", input, "(N, C, H, W)");
+  check_dim(fn, "weight", weight, "(C_out, C_in/groups, kH, kW)");
+  check_dtype(fn, "input", input);
+  check_same_device_dtype(fn, "input", input, "weight", weight);
+  auto pb = conv_geometry(fn, input.size(0), input.size(1), input.size(2), input.size(3),
+                          weight.size(0), weight.size(2), weight.size(3), stride, padding,
+                          dilation, groups);
+  check_weight_channels(fn, weight, pb.C, groups);
+  check_bias(fn, input, bias, pb.K);
+  return pb;
+}
+
+Conv2dProblem conv2d_input_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                            const at::Tensor& weight, at::IntArrayRef input_size,
+                                            at::IntArrayRef stride, at::IntArrayRef padding,
+                                            at::IntArrayRef dilation, int64_t groups) {
+  check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)");
+  check_dim(fn, "weight", weight, "(C_out, C_in/groups, kH, kW)");
+  check_dtype(fn, "grad_output", grad_output);
+  check_same_device_dtype(fn, "grad_output", grad_output, "weight", weight);
+  TORCH_CHECK(input_size.size() == 2 && input_size[0] > 0 && input_size[1] > 0, fn,
+              ": expected input_size of 2 positive entries, but got input_size=", input_size);
+  TORCH_CHECK(grad_output.size(1) == weight.size(0), fn, ": expected grad_output.shape[1] = ",
+              "weight.shape[0] = ", weight.size(0), ", but got grad_output of shape ",
+              grad_output.sizes());
+  auto pb = conv_geometry(fn, grad_output.size(0), weight.size(1) * groups, input_size[0],
+                          input_size[1], weight.size(0), weight.size(2), weight.size(3), stride,
+                          padding, dilation, groups);
+  TORCH_CHECK(grad_output.size(2) == pb.P && grad_output.size(3) == pb.Q, fn,
+              ": expected grad_output of spatial size [", pb.P, ", ", pb.Q, "] for input_size ",
+              input_size, ", but got shape ", grad_output.sizes());
+  return pb;
+}
+
+Conv2dProblem conv2d_weight_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                             const at::Tensor& input, at::IntArrayRef kernel_size,
+                                             at::IntArrayRef stride, at::IntArrayRef padding,
+                                             at::IntArrayRef dilation, int64_t groups) {
+  check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)");
+  check_dim(fn, "input", input, "(N, C, H, W)");
+  check_dtype(fn, "input", input);
+  check_same_device_dtype(fn, "input", input, "grad_output", grad_output);
+  TORCH_CHECK(kernel_size.size() == 2, fn, ": expected kernel_size of 2 entries, but got ",
+              "kernel_size=", kernel_size);
+  TORCH_CHECK(grad_output.size(0) == input.size(0), fn, ": expected grad_output.shape[0] = ",
+              "input.shape[0] = ", input.size(0), ", but got grad_output of shape ",
+              grad_output.sizes());
+  auto pb = conv_geometry(fn, input.size(0), input.size(1), input.size(2), input.size(3),
+                          grad_output.size(1), kernel_size[0], kernel_size[1], stride, padding,
+                          dilation, groups);
+  TORCH_CHECK(grad_output.size(2) == pb.P && grad_output.size(3) == pb.Q, fn,
+              ": expected grad_output of spatial size [", pb.P, ", ", pb.Q, "] for input of shape ",
+              input.sizes(), ", but got shape ", grad_output.sizes());
+  return pb;
+}
+
+Conv2dProblem conv_transpose2d_problem(const char* fn, const at::Tensor& input,
+                                       const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias,
+                                       at::IntArrayRef stride, at::IntArrayRef padding,
+                                       at::IntArrayRef output_padding, int64_t groups,
+                                       at::IntArrayRef dilation) {
+  check_dim(fn, "input", input, "(N, C_in, H, W)");
+  check_dim(fn, "weight", weight, "(C_in, C_out/groups, kH, kW)");
+  check_dtype(fn, "input", input);
+  check_same_device_dtype(fn, "input", input, "weight", weight);
+  check_positive_pair(fn, "stride", stride);
+  check_positive_pair(fn, "dilation", dilation);
+  TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, fn,
+              ": expected padding of 2 non-negative entries, but got padding=", padding);
+  TORCH_CHECK(groups > 0, fn, ": expected groups to be positive, but got groups=", groups);
+  TORCH_CHECK(input.size(1) % groups == 0, fn, ": expected input channels (", input.size(1),
+              ") to be divisible by groups (", groups, ")");
+  TORCH_CHECK(weight.size(0) == input.size(1), fn, ": expected weight.shape[0] = input channels = ",
+              input.size(1), ", but got weight of shape ", weight.sizes());
+  TORCH_CHECK(output_padding.size() == 2, fn, ": expected output_padding of 2 entries, but got ",
+              "output_padding=", output_padding);
+  for (int i = 0; i < 2; ++i) {
+    TORCH_CHECK(output_padding[i] >= 0 &&
+                    (output_padding[i] < stride[i] || output_padding[i] < dilation[i]),
+                fn, ": expected output_padding to be non-negative and smaller than either stride ",
+                "or dilation, but got output_padding=", output_padding, " for stride=", stride,
+                " and dilation=", dilation);
+  }
+  const int64_t R = weight.size(2), S = weight.size(3);
+  TORCH_CHECK(R > 0 && S > 0, fn, ": expected kernel size to be positive, but got kernel size ",
+              R, "x", S);
+  // The output size of the transposed convolution is the input size of the
+  // convolution it is the gradient of.
+  const int64_t out_h = (input.size(2) - 1) * stride[0] - 2 * padding[0] +
+                        dilation[0] * (R - 1) + output_padding[0] + 1;
+  const int64_t out_w = (input.size(3) - 1) * stride[1] - 2 * padding[1] +
+                        dilation[1] * (S - 1) + output_padding[1] + 1;
+  TORCH_CHECK(out_h > 0 && out_w > 0, fn, ": expected a positive output size, but got [", out_h,
+              ", ", out_w, "] for input of shape ", input.sizes(), ", padding=", padding,
+              " and kernel size ", R, "x", S);
+  const int64_t out_channels = weight.size(1) * groups;
+  check_bias(fn, input, bias, out_channels);
+  auto pb = conv_geometry(fn, input.size(0), out_channels, out_h, out_w, input.size(1), R, S,
+                          stride, padding, dilation, groups);
+  TORCH_INTERNAL_ASSERT(pb.P == input.size(2) && pb.Q == input.size(3));
+  return pb;
+}
+
+}  // namespace cnnkit
