@@ -79,7 +79,7 @@ arch_flag = os.environ.get("CNNKIT_CXX_ARCH", "-march=native")
 vec_flags, vec_name = cpu_capability_flags(arch_flag)
 
 sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-cxx_flags = ["-O3", "-std=c++17", arch_flag, "-fopenmp", *vec_flags]
+cxx_flags = ["-O3", arch_flag, "-fopenmp", *vec_flags]
 define_macros = []
 extension = CppExtension
 extra_compile_args = {"cxx": cxx_flags}
@@ -87,7 +87,7 @@ if with_cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     define_macros.append(("CNNKIT_WITH_CUDA", None))
     extension = CUDAExtension
-    extra_compile_args["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
 
 print(
     "cnnkit build configuration:\n"
