@@ -186,6 +186,11 @@ Conv2dProblem conv2d_weight_backward_problem(const char* fn, const at::Tensor& g
   return pb;
 }
 
+void check_conv2d_bias_backward(const char* fn, const at::Tensor& grad_output) {
+  check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)");
+  check_dtype(fn, "grad_output", grad_output);
+}
+
 Conv2dProblem conv_transpose2d_problem(const char* fn, const at::Tensor& input,
                                        const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias,

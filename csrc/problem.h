@@ -96,6 +96,9 @@ Conv2dProblem conv2d_weight_backward_problem(const char* fn, const at::Tensor& g
                                              at::IntArrayRef stride, at::IntArrayRef padding,
                                              at::IntArrayRef dilation, int64_t groups);
 
+// The bias gradient of conv2d: grad_output (N, K, P, Q) gives (K,).
+void check_conv2d_bias_backward(const char* fn, const at::Tensor& grad_output);
+
 // torch.nn.functional.conv_transpose2d: input (N, C_in, H, W), weight
 // (C_in, C_out/g, kH, kW). Returned as the conv2d problem it is the input
 // gradient of: its K = C_in, its C = C_out and its (H, W) the output size.

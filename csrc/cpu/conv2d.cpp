@@ -192,10 +192,7 @@ at::Tensor conv2d_weight_backward_cpu(const at::Tensor& grad_output, const at::T
 
 // db[k] = sum over n, p, q of G[n, k, p, q], accumulated in double for float.
 at::Tensor conv2d_bias_backward_cpu(const at::Tensor& grad_output) {
-  const char* fn = "cnnkit.conv2d_bias_backward";
-  TORCH_CHECK(grad_output.dim() == 4, fn, ": expected 4D grad_output (N, C_out, OH, OW), but got ",
-              "shape ", grad_output.sizes());
-  check_dtype(fn, "grad_output", grad_output);
+  check_conv2d_bias_backward("cnnkit.conv2d_bias_backward", grad_output);
   const auto g = grad_output.contiguous();
   const int64_t N = g.size(0), K = g.size(1), PQ = g.size(2) * g.size(3);
   auto grad_bias = at::empty({K}, g.options());
