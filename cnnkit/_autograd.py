@@ -5,16 +5,17 @@ wraps it in a ``torch.autograd.Function``: ``setup_context`` saves what the
 backward needs, and every backward is written with cnnkit ops that are
 themselves differentiable, so gradients of gradients (double backward) work.
 
-Convolution is bilinear in (input, weight), and its three views close under
-differentiation:
+Convolution -- dense, unshared (local) or tiled alike -- is bilinear in
+(input, weight), and its three views close under differentiation:
 
-    Z  = conv2d(V, K)                     forward
-    dV = conv2d_input_backward(G, K)      = conv_transpose2d(G, K)
-    dK = conv2d_weight_backward(G, V)
+    Z  = conv(V, K)                     forward
+    dV = input_backward(G, K)           (for dense: conv_transpose2d(G, K))
+    dK = weight_backward(G, V)
 
-<conv2d(V, K), G> = <V, conv2d_input_backward(G, K)> = <K, conv2d_weight_backward(G, V)>,
+<conv(V, K), G> = <V, input_backward(G, K)> = <K, weight_backward(G, V)>,
 so the derivative of each view with respect to either argument is one of the
-other two views.
+other two views. The bias gradient is a sum of G; its adjoint spreads a
+gradient back over the summed positions.
 """
 from __future__ import annotations
 
@@ -30,66 +31,105 @@ def _needs(ctx, i):
 # --------------------------------------------------------------------------- convolution
 
 
-def _conv_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1])
-    ctx.geometry = inputs[3:]  # (stride, padding, dilation, groups)
+class _ConvFamily:
+    """What differs between dense, local and tiled convolution for autograd:
+    where the kernel size sits in the weight, and the shape of the bias."""
+
+    def __init__(self, name, kernel_dims, tile_dims=None):
+        self.name = name
+        self.forward = getattr(_ops, name)
+        self.input_backward = getattr(_ops, f"{name}_input_backward")
+        self.weight_backward_op = getattr(_ops, f"{name}_weight_backward")
+        self.bias_backward_op = getattr(_ops, f"{name}_bias_backward")
+        self.kernel_dims = kernel_dims
+        self.tile_dims = tile_dims
+
+    def weight_backward(self, grad, x, w, stride, padding, dilation, groups):
+        kernel = [w.shape[d] for d in self.kernel_dims]
+        if self.tile_dims is None:
+            return self.weight_backward_op(grad, x, kernel, stride, padding, dilation, groups)
+        tiles = [w.shape[d] for d in self.tile_dims]
+        return self.weight_backward_op(grad, x, kernel, tiles, stride, padding, dilation, groups)
+
+    def bias_backward(self, grad, w):
+        if self.tile_dims is None:
+            return self.bias_backward_op(grad)
+        return self.bias_backward_op(grad, [w.shape[d] for d in self.tile_dims])
+
+    def register(self):
+        family = self
+
+        def setup(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0], inputs[1])
+            ctx.geometry = inputs[3:]  # (stride, padding, dilation, groups)
+
+        def forward_backward(ctx, grad):
+            x, w = ctx.saved_tensors
+            geometry = ctx.geometry
+            gx = gw = gb = None
+            if _needs(ctx, 0):
+                gx = family.input_backward(grad, w, x.shape[2:], *geometry)
+            if _needs(ctx, 1):
+                gw = family.weight_backward(grad, x, w, *geometry)
+            if _needs(ctx, 2):
+                gb = family.bias_backward(grad, w)
+            return gx, gw, gb, None, None, None, None
+
+        def input_backward_backward(ctx, gg):
+            # dV = T(G, K), linear in each: d/dG <- conv(gg, K); d/dK <- weight_backward(G, gg).
+            g, w = ctx.saved_tensors
+            d_g = d_w = None
+            if _needs(ctx, 0):
+                d_g = family.forward(gg, w, None, *ctx.geometry)
+            if _needs(ctx, 1):
+                d_w = family.weight_backward(g, gg, w, *ctx.geometry)
+            return d_g, d_w, None, None, None, None, None
+
+        def weight_backward_setup(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0], inputs[1])
+            ctx.geometry = inputs[-4:]  # (stride, padding, dilation, groups)
+
+        def weight_backward_backward(ctx, gg):
+            # dK = U(G, V): d/dG <- conv(V, gg); d/dV <- input_backward(G, gg).
+            g, x = ctx.saved_tensors
+            d_g = d_x = None
+            if _needs(ctx, 0):
+                d_g = family.forward(x, gg, None, *ctx.geometry)
+            if _needs(ctx, 1):
+                d_x = family.input_backward(g, gg, x.shape[2:], *ctx.geometry)
+            return (d_g, d_x) + (None,) * (len(ctx.needs_input_grad) - 2)
+
+        def bias_backward_setup(ctx, inputs, output):
+            ctx.grad_shape = inputs[0].shape
+
+        def bias_backward_backward(ctx, gg):
+            return (_spread_bias(gg, ctx.grad_shape),) + (None,) * (len(ctx.needs_input_grad) - 1)
+
+        name = f"cnnkit::{self.name}"
+        torch.library.register_autograd(name, forward_backward, setup_context=setup)
+        torch.library.register_autograd(f"{name}_input_backward", input_backward_backward,
+                                        setup_context=setup)
+        torch.library.register_autograd(f"{name}_weight_backward", weight_backward_backward,
+                                        setup_context=weight_backward_setup)
+        torch.library.register_autograd(f"{name}_bias_backward", bias_backward_backward,
+                                        setup_context=bias_backward_setup)
 
 
-def _conv2d_backward(ctx, grad):
-    x, w = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.geometry
-    gx = gw = gb = None
-    if _needs(ctx, 0):
-        gx = _ops.conv2d_input_backward(grad, w, x.shape[2:], stride, padding, dilation, groups)
-    if _needs(ctx, 1):
-        gw = _ops.conv2d_weight_backward(grad, x, w.shape[2:], stride, padding, dilation, groups)
-    if _needs(ctx, 2):
-        gb = _ops.conv2d_bias_backward(grad)
-    return gx, gw, gb, None, None, None, None
+def _spread_bias(gg, grad_shape):
+    """Adjoint of the bias gradient: gg of the bias's shape, (K,), (K, P, Q) or
+    (K, tH, tW), spread over the (N, K, P, Q) positions each bias entry serves."""
+    N, K, P, Q = grad_shape
+    if gg.dim() == 1:
+        return gg.view(1, K, 1, 1).expand(grad_shape)
+    tH, tW = gg.shape[1:]
+    if (tH, tW) != (P, Q):  # tiled: location (p, q) gets entry (p % tH, q % tW)
+        gg = gg.repeat(1, -(-P // tH), -(-Q // tW))[:, :P, :Q]
+    return gg.unsqueeze(0).expand(grad_shape)
 
 
-def _input_backward_setup(ctx, inputs, output):
-    grad_output, weight, input_size = inputs[:3]
-    ctx.save_for_backward(grad_output, weight)
-    ctx.geometry = inputs[3:]
-
-
-def _conv2d_input_backward_backward(ctx, gg):
-    # dV = T(G, K) with T linear in each: d/dG <- conv2d(gg, K); d/dK <- weight_backward(G, gg).
-    g, w = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.geometry
-    d_g = d_w = None
-    if _needs(ctx, 0):
-        d_g = _ops.conv2d(gg, w, None, stride, padding, dilation, groups)
-    if _needs(ctx, 1):
-        d_w = _ops.conv2d_weight_backward(g, gg, w.shape[2:], stride, padding, dilation, groups)
-    return d_g, d_w, None, None, None, None, None
-
-
-def _weight_backward_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1])
-    ctx.geometry = inputs[3:]
-
-
-def _conv2d_weight_backward_backward(ctx, gg):
-    # dK = U(G, V): d/dG <- conv2d(V, gg); d/dV <- input_backward(G, gg).
-    g, x = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.geometry
-    d_g = d_x = None
-    if _needs(ctx, 0):
-        d_g = _ops.conv2d(x, gg, None, stride, padding, dilation, groups)
-    if _needs(ctx, 1):
-        d_x = _ops.conv2d_input_backward(g, gg, x.shape[2:], stride, padding, dilation, groups)
-    return d_g, d_x, None, None, None, None, None
-
-
-def _bias_backward_setup(ctx, inputs, output):
-    ctx.grad_shape = inputs[0].shape
-
-
-def _conv2d_bias_backward_backward(ctx, gg):
-    # db[k] = sum_{n,p,q} G[n,k,p,q]: its adjoint broadcasts gg back over (n, p, q).
-    return gg.view(1, -1, 1, 1).expand(ctx.grad_shape)
+_ConvFamily("conv2d", kernel_dims=(2, 3)).register()
+_ConvFamily("local_conv2d", kernel_dims=(4, 5)).register()
+_ConvFamily("tiled_conv2d", kernel_dims=(2, 3), tile_dims=(4, 5)).register()
 
 
 def _conv_transpose_setup(ctx, inputs, output):
@@ -112,13 +152,6 @@ def _conv_transpose2d_backward(ctx, grad):
     return gx, gw, gb, None, None, None, None, None
 
 
-torch.library.register_autograd("cnnkit::conv2d", _conv2d_backward, setup_context=_conv_setup)
-torch.library.register_autograd("cnnkit::conv2d_input_backward", _conv2d_input_backward_backward,
-                                setup_context=_input_backward_setup)
-torch.library.register_autograd("cnnkit::conv2d_weight_backward", _conv2d_weight_backward_backward,
-                                setup_context=_weight_backward_setup)
-torch.library.register_autograd("cnnkit::conv2d_bias_backward", _conv2d_bias_backward_backward,
-                                setup_context=_bias_backward_setup)
 torch.library.register_autograd("cnnkit::conv_transpose2d", _conv_transpose2d_backward,
                                 setup_context=_conv_transpose_setup)
 

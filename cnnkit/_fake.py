@@ -37,8 +37,9 @@ def check_same_device_dtype(fn, arg, input, other_arg, other):
            " (", input.dtype, "), but got ", other.dtype)
 
 
-def check_dim(fn, arg, t, layout):
-    _check(t.dim() == 4, fn, ": expected 4D ", arg, " ", layout, ", but got shape ", _shape(t))
+def check_dim(fn, arg, t, layout, dims=4):
+    _check(t.dim() == dims, fn, ": expected ", dims, "D ", arg, " ", layout, ", but got shape ",
+           _shape(t))
 
 
 def check_positive_pair(fn, arg, v):
@@ -83,60 +84,88 @@ def _conv_geometry(fn, C, H, W, K, R, S, stride, padding, dilation, groups):
     return P, Q
 
 
-def _check_weight_channels(fn, weight, in_channels, groups):
-    _check(weight.shape[1] * groups == in_channels, fn, ": expected weight.shape[1] = input "
-           "channels / groups = ", in_channels, " / ", groups, ", but got weight of shape ",
-           _shape(weight))
+class _WeightLayout:
+    """Where each size sits in the weight of the three convolution kinds (as
+    WeightLayout in csrc/problem.cpp): dense (K, C/g, R, S), local
+    (K, P, Q, C/g, R, S), tiled (K, C/g, R, S, tH, tW)."""
+
+    def __init__(self, layout, k, cg, r, s, p=None, q=None, th=None, tw=None):
+        self.dims = len(layout.split(","))
+        self.layout, self.k, self.cg, self.r, self.s = layout, k, cg, r, s
+        self.p, self.q, self.th, self.tw = p, q, th, tw
+
+    def check_weight(self, fn, weight, C, groups, P, Q):
+        _check(weight.shape[self.cg] * groups == C, fn, ": expected weight.shape[", self.cg,
+               "] = input channels / groups = ", C, " / ", groups, ", but got weight of shape ",
+               _shape(weight))
+        if self.p is not None:
+            _check(weight.shape[self.p] == P and weight.shape[self.q] == Q, fn,
+                   ": expected weight.shape[", self.p, ":", self.q + 1, "] = output size [", P,
+                   ", ", Q, "], but got weight of shape ", _shape(weight))
+        if self.th is not None:
+            _check(weight.shape[self.th] > 0 and weight.shape[self.tw] > 0, fn,
+                   ": expected tiles to be positive, but got weight of shape ", _shape(weight))
+
+    def bias_shape(self, weight, K, P, Q):
+        if self.p is not None:
+            return [K, P, Q]
+        if self.th is not None:
+            return [K, weight.shape[self.th], weight.shape[self.tw]]
+        return [K]
 
 
-def _check_bias(fn, input, bias, out_channels):
+_DENSE = _WeightLayout("(C_out, C_in/groups, kH, kW)", 0, 1, 2, 3)
+_LOCAL = _WeightLayout("(C_out, OH, OW, C_in/groups, kH, kW)", 0, 3, 4, 5, p=1, q=2)
+_TILED = _WeightLayout("(C_out, C_in/groups, kH, kW, tH, tW)", 0, 1, 2, 3, th=4, tw=5)
+
+
+def _check_bias(fn, input, bias, expected):
     if bias is None:
         return
     check_same_device_dtype(fn, "input", input, "bias", bias)
-    _check(bias.dim() == 1 and bias.shape[0] == out_channels, fn, ": expected bias of shape [",
-           out_channels, "], but got shape ", _shape(bias))
+    _check(_shape(bias) == list(expected), fn, ": expected bias of shape ", list(expected),
+           ", but got shape ", _shape(bias))
 
 
-@torch.library.register_fake("cnnkit::conv2d")
-def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
-    fn = "cnnkit.conv2d"
+def _check_weight_tensor(fn, L, arg, data, weight):
+    check_dim(fn, "weight", weight, L.layout, L.dims)
+    check_dtype(fn, arg, data)
+    check_same_device_dtype(fn, arg, data, "weight", weight)
+
+
+def _forward_fake(fn, L, input, weight, bias, stride, padding, dilation, groups):
     check_dim(fn, "input", input, "(N, C, H, W)")
-    check_dim(fn, "weight", weight, "(C_out, C_in/groups, kH, kW)")
-    check_dtype(fn, "input", input)
-    check_same_device_dtype(fn, "input", input, "weight", weight)
+    _check_weight_tensor(fn, L, "input", input, weight)
     N, C, H, W = input.shape
-    K, _, R, S = weight.shape
-    P, Q = _conv_geometry(fn, C, H, W, K, R, S, stride, padding, dilation, groups)
-    _check_weight_channels(fn, weight, C, groups)
-    _check_bias(fn, input, bias, K)
+    K = weight.shape[L.k]
+    P, Q = _conv_geometry(fn, C, H, W, K, weight.shape[L.r], weight.shape[L.s], stride, padding,
+                          dilation, groups)
+    L.check_weight(fn, weight, C, groups, P, Q)
+    _check_bias(fn, input, bias, L.bias_shape(weight, K, P, Q))
     return input.new_empty((N, K, P, Q))
 
 
-@torch.library.register_fake("cnnkit::conv2d_input_backward")
-def _conv2d_input_backward_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
-    fn = "cnnkit.conv2d_input_backward"
+def _input_backward_fake(fn, L, grad_output, weight, input_size, stride, padding, dilation, groups):
     check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)")
-    check_dim(fn, "weight", weight, "(C_out, C_in/groups, kH, kW)")
-    check_dtype(fn, "grad_output", grad_output)
-    check_same_device_dtype(fn, "grad_output", grad_output, "weight", weight)
+    _check_weight_tensor(fn, L, "grad_output", grad_output, weight)
     input_size = list(input_size)
     _check(len(input_size) == 2 and input_size[0] > 0 and input_size[1] > 0, fn,
            ": expected input_size of 2 positive entries, but got input_size=", input_size)
-    _check(grad_output.shape[1] == weight.shape[0], fn, ": expected grad_output.shape[1] = "
-           "weight.shape[0] = ", weight.shape[0], ", but got grad_output of shape ",
-           _shape(grad_output))
-    N = grad_output.shape[0]
-    K, Cg, R, S = weight.shape
-    P, Q = _conv_geometry(fn, Cg * groups, *input_size, K, R, S, stride, padding, dilation, groups)
+    K = weight.shape[L.k]
+    _check(grad_output.shape[1] == K, fn, ": expected grad_output.shape[1] = weight.shape[0] = ",
+           K, ", but got grad_output of shape ", _shape(grad_output))
+    C = weight.shape[L.cg] * groups
+    P, Q = _conv_geometry(fn, C, *input_size, K, weight.shape[L.r], weight.shape[L.s], stride,
+                          padding, dilation, groups)
     _check(grad_output.shape[2] == P and grad_output.shape[3] == Q, fn,
            ": expected grad_output of spatial size [", P, ", ", Q, "] for input_size ", input_size,
            ", but got shape ", _shape(grad_output))
-    return grad_output.new_empty((N, Cg * groups, *input_size))
+    L.check_weight(fn, weight, C, groups, P, Q)
+    return grad_output.new_empty((grad_output.shape[0], C, *input_size))
 
 
-@torch.library.register_fake("cnnkit::conv2d_weight_backward")
-def _conv2d_weight_backward_fake(grad_output, input, kernel_size, stride, padding, dilation, groups):
-    fn = "cnnkit.conv2d_weight_backward"
+def _weight_backward_fake(fn, grad_output, input, kernel_size, stride, padding, dilation, groups):
+    """Checks of the weight gradient; returns (N, C, K, P, Q)."""
     check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)")
     check_dim(fn, "input", input, "(N, C, H, W)")
     check_dtype(fn, "input", input)
@@ -152,15 +181,95 @@ def _conv2d_weight_backward_fake(grad_output, input, kernel_size, stride, paddin
     _check(grad_output.shape[2] == P and grad_output.shape[3] == Q, fn,
            ": expected grad_output of spatial size [", P, ", ", Q, "] for input of shape ",
            _shape(input), ", but got shape ", _shape(grad_output))
+    return N, C, K, P, Q
+
+
+def _check_bias_backward(fn, grad_output):
+    check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)")
+    check_dtype(fn, "grad_output", grad_output)
+
+
+@torch.library.register_fake("cnnkit::conv2d")
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
+    return _forward_fake("cnnkit.conv2d", _DENSE, input, weight, bias, stride, padding, dilation,
+                         groups)
+
+
+@torch.library.register_fake("cnnkit::conv2d_input_backward")
+def _conv2d_input_backward_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
+    return _input_backward_fake("cnnkit.conv2d_input_backward", _DENSE, grad_output, weight,
+                                input_size, stride, padding, dilation, groups)
+
+
+@torch.library.register_fake("cnnkit::conv2d_weight_backward")
+def _conv2d_weight_backward_fake(grad_output, input, kernel_size, stride, padding, dilation, groups):
+    N, C, K, P, Q = _weight_backward_fake("cnnkit.conv2d_weight_backward", grad_output, input,
+                                          kernel_size, stride, padding, dilation, groups)
     return input.new_empty((K, C // groups, *kernel_size))
 
 
 @torch.library.register_fake("cnnkit::conv2d_bias_backward")
 def _conv2d_bias_backward_fake(grad_output):
-    fn = "cnnkit.conv2d_bias_backward"
-    check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)")
-    check_dtype(fn, "grad_output", grad_output)
+    _check_bias_backward("cnnkit.conv2d_bias_backward", grad_output)
     return grad_output.new_empty((grad_output.shape[1],))
+
+
+@torch.library.register_fake("cnnkit::local_conv2d")
+def _local_conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
+    return _forward_fake("cnnkit.local_conv2d", _LOCAL, input, weight, bias, stride, padding,
+                         dilation, groups)
+
+
+@torch.library.register_fake("cnnkit::local_conv2d_input_backward")
+def _local_conv2d_input_backward_fake(grad_output, weight, input_size, stride, padding, dilation,
+                                      groups):
+    return _input_backward_fake("cnnkit.local_conv2d_input_backward", _LOCAL, grad_output, weight,
+                                input_size, stride, padding, dilation, groups)
+
+
+@torch.library.register_fake("cnnkit::local_conv2d_weight_backward")
+def _local_conv2d_weight_backward_fake(grad_output, input, kernel_size, stride, padding, dilation,
+                                       groups):
+    N, C, K, P, Q = _weight_backward_fake("cnnkit.local_conv2d_weight_backward", grad_output,
+                                          input, kernel_size, stride, padding, dilation, groups)
+    return input.new_empty((K, P, Q, C // groups, *kernel_size))
+
+
+@torch.library.register_fake("cnnkit::local_conv2d_bias_backward")
+def _local_conv2d_bias_backward_fake(grad_output):
+    _check_bias_backward("cnnkit.local_conv2d_bias_backward", grad_output)
+    return grad_output.new_empty(grad_output.shape[1:])
+
+
+@torch.library.register_fake("cnnkit::tiled_conv2d")
+def _tiled_conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
+    return _forward_fake("cnnkit.tiled_conv2d", _TILED, input, weight, bias, stride, padding,
+                         dilation, groups)
+
+
+@torch.library.register_fake("cnnkit::tiled_conv2d_input_backward")
+def _tiled_conv2d_input_backward_fake(grad_output, weight, input_size, stride, padding, dilation,
+                                      groups):
+    return _input_backward_fake("cnnkit.tiled_conv2d_input_backward", _TILED, grad_output, weight,
+                                input_size, stride, padding, dilation, groups)
+
+
+@torch.library.register_fake("cnnkit::tiled_conv2d_weight_backward")
+def _tiled_conv2d_weight_backward_fake(grad_output, input, kernel_size, tiles, stride, padding,
+                                       dilation, groups):
+    fn = "cnnkit.tiled_conv2d_weight_backward"
+    check_positive_pair(fn, "tiles", tiles)
+    N, C, K, P, Q = _weight_backward_fake(fn, grad_output, input, kernel_size, stride, padding,
+                                          dilation, groups)
+    return input.new_empty((K, C // groups, *kernel_size, *tiles))
+
+
+@torch.library.register_fake("cnnkit::tiled_conv2d_bias_backward")
+def _tiled_conv2d_bias_backward_fake(grad_output, tiles):
+    fn = "cnnkit.tiled_conv2d_bias_backward"
+    _check_bias_backward(fn, grad_output)
+    check_positive_pair(fn, "tiles", tiles)
+    return grad_output.new_empty((grad_output.shape[1], *tiles))
 
 
 @torch.library.register_fake("cnnkit::conv_transpose2d")
@@ -198,7 +307,7 @@ def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding,
            ", ", out_w, "] for input of shape ", _shape(input), ", padding=", padding,
            " and kernel size ", R, "x", S)
     C_out = weight.shape[1] * groups
-    _check_bias(fn, input, bias, C_out)
+    _check_bias(fn, input, bias, [C_out])
     _conv_geometry(fn, C_out, out_h, out_w, C_in, R, S, stride, padding, dilation, groups)
     return input.new_empty((N, C_out, out_h, out_w))
 

@@ -15,6 +15,8 @@ from ._utils import _pair, batchify, conv_padding
 __all__ = [
     "conv2d",
     "conv_transpose2d",
+    "local_conv2d",
+    "tiled_conv2d",
     "max_pool2d",
     "avg_pool2d",
     "adaptive_max_pool2d",
@@ -73,6 +75,57 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     out = _ops.conv_transpose2d(
         x, weight, bias, _pair(fn, "stride", stride), _pair(fn, "padding", padding),
         _pair(fn, "output_padding", output_padding), groups, _pair(fn, "dilation", dilation))
+    return out.squeeze(0) if unbatched else out
+
+
+def local_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Unshared (locally connected) 2-D convolution: the connectivity of
+    :func:`conv2d`, but every output location has its own weights.
+
+    ``Z[n,i,y,x] = b[i,y,x] + sum_{l,m,q} V[n, g(i)*C_in/g + l, y*s - p + m*d, x*s - p + q*d] * W[i,y,x,l,m,q]``
+
+    Args:
+        input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``.
+        weight: ``(C_out, OH, OW, C_in / groups, kH, kW)``; ``(OH, OW)`` must be the
+            output size that ``input``, the kernel, stride, padding and dilation give.
+        bias: ``(C_out, OH, OW)`` (one per output unit) or None.
+        stride, padding, dilation, groups: as for :func:`conv2d` (padding strings included).
+
+    Returns:
+        ``(N, C_out, OH, OW)``.
+    """
+    fn = "cnnkit.local_conv2d"
+    x, unbatched = batchify(fn, input)
+    stride, dilation = _pair(fn, "stride", stride), _pair(fn, "dilation", dilation)
+    kernel = tuple(weight.shape[-2:]) if weight.dim() >= 2 else (1, 1)
+    pad = conv_padding(fn, padding, kernel, stride, dilation)
+    out = _ops.local_conv2d(x, weight, bias, stride, pad, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def tiled_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Tiled 2-D convolution: ``tH x tW`` kernels that the output locations cycle
+    through; location ``(y, x)`` uses kernel ``(y % tH, x % tW)``.
+
+    ``Z[n,i,y,x] = b[i, y%tH, x%tW] + sum_{l,m,q} V[n, ., y*s - p + m*d, x*s - p + q*d] * K[i,l,m,q, y%tH, x%tW]``
+
+    Tiles ``(1, 1)`` are :func:`conv2d`; tiles ``(OH, OW)`` are :func:`local_conv2d`.
+
+    Args:
+        input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``.
+        weight: ``(C_out, C_in / groups, kH, kW, tH, tW)``.
+        bias: ``(C_out, tH, tW)`` or None.
+        stride, padding, dilation, groups: as for :func:`conv2d` (padding strings included).
+
+    Returns:
+        ``(N, C_out, OH, OW)``.
+    """
+    fn = "cnnkit.tiled_conv2d"
+    x, unbatched = batchify(fn, input)
+    stride, dilation = _pair(fn, "stride", stride), _pair(fn, "dilation", dilation)
+    kernel = tuple(weight.shape[2:4]) if weight.dim() >= 4 else (1, 1)
+    pad = conv_padding(fn, padding, kernel, stride, dilation)
+    out = _ops.tiled_conv2d(x, weight, bias, stride, pad, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 

@@ -27,6 +27,14 @@ constexpr const char* kOpsWithoutCuda[] = {
     "conv2d_weight_backward",
     "conv2d_bias_backward",
     "conv_transpose2d",
+    "local_conv2d",
+    "local_conv2d_input_backward",
+    "local_conv2d_weight_backward",
+    "local_conv2d_bias_backward",
+    "tiled_conv2d",
+    "tiled_conv2d_input_backward",
+    "tiled_conv2d_weight_backward",
+    "tiled_conv2d_bias_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
@@ -68,6 +76,26 @@ TORCH_LIBRARY(cnnkit, m) {
   m.def("conv2d_bias_backward(Tensor grad_output) -> Tensor");
   m.def("conv_transpose2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
         "int[2] padding, int[2] output_padding, int groups, int[2] dilation) -> Tensor");
+
+  // Unshared (locally connected) convolution (SPEC 1.3): weight
+  // (C_out, OH, OW, C_in/g, kH, kW), bias (C_out, OH, OW).
+  m.def("local_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[] padding, "
+        "int[2] dilation, int groups) -> Tensor");
+  m.def("local_conv2d_input_backward(Tensor grad_output, Tensor weight, int[2] input_size, "
+        "int[2] stride, int[] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("local_conv2d_weight_backward(Tensor grad_output, Tensor input, int[2] kernel_size, "
+        "int[2] stride, int[] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("local_conv2d_bias_backward(Tensor grad_output) -> Tensor");
+
+  // Tiled convolution (SPEC 1.4): weight (C_out, C_in/g, kH, kW, tH, tW), bias
+  // (C_out, tH, tW); the tiles are read from the weight's shape.
+  m.def("tiled_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[] padding, "
+        "int[2] dilation, int groups) -> Tensor");
+  m.def("tiled_conv2d_input_backward(Tensor grad_output, Tensor weight, int[2] input_size, "
+        "int[2] stride, int[] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("tiled_conv2d_weight_backward(Tensor grad_output, Tensor input, int[2] kernel_size, "
+        "int[2] tiles, int[2] stride, int[] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("tiled_conv2d_bias_backward(Tensor grad_output, int[2] tiles) -> Tensor");
 
   // Pooling (SPEC 1.5). Max pools return (values, indices); indices are flat
   // positions h * W + w within each input plane, as in PyTorch. The max pool

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <array>
+#include <vector>
 
 namespace cnnkit {
 
@@ -51,8 +52,14 @@ void check_same_device_dtype(const char* fn, const char* arg, const at::Tensor& 
 
 namespace {
 
+void check_dim(const char* fn, const char* arg, const at::Tensor& t, int64_t dims,
+               const char* layout) {
+  TORCH_CHECK(t.dim() == dims, fn, ": expected ", dims, "D ", arg, " ", layout,
+              ", but got shape ", t.sizes());
+}
+
 void check_dim(const char* fn, const char* arg, const at::Tensor& t, const char* layout) {
-  TORCH_CHECK(t.dim() == 4, fn, ": expected 4D ", arg, " ", layout, ", but got shape ", t.sizes());
+  check_dim(fn, arg, t, 4, layout);
 }
 
 void check_positive_pair(const char* fn, const char* arg, at::IntArrayRef v) {
@@ -110,66 +117,101 @@ Conv2dProblem conv_geometry(const char* fn, int64_t N, int64_t C, int64_t H, int
   return pb;
 }
 
-void check_weight_channels(const char* fn, const at::Tensor& weight, int64_t in_channels,
-                           int64_t groups) {
-  TORCH_CHECK(weight.size(1) * groups == in_channels, fn, ": expected weight.shape[1] = input ",
-              "channels / groups = ", in_channels, " / ", groups, ", but got weight of shape ",
-              weight.sizes());
+// Where each size sits in the weight of the three convolution kinds: dense
+// (K, C/g, R, S), local (K, P, Q, C/g, R, S), tiled (K, C/g, R, S, tH, tW).
+// -1: the kind has no such axis.
+struct WeightLayout {
+  int64_t dims;
+  const char* layout;
+  int k, cg, r, s, p, q, th, tw;
+};
+constexpr WeightLayout kDense{4, "(C_out, C_in/groups, kH, kW)", 0, 1, 2, 3, -1, -1, -1, -1};
+constexpr WeightLayout kLocal{6, "(C_out, OH, OW, C_in/groups, kH, kW)", 0, 3, 4, 5, 1, 2, -1, -1};
+constexpr WeightLayout kTiled{6, "(C_out, C_in/groups, kH, kW, tH, tW)", 0, 1, 2, 3, -1, -1, 4, 5};
+
+void check_weight(const char* fn, const WeightLayout& L, const at::Tensor& weight,
+                  Conv2dProblem& pb) {
+  TORCH_CHECK(weight.size(L.cg) * pb.groups == pb.C, fn, ": expected weight.shape[", L.cg,
+              "] = input channels / groups = ", pb.C, " / ", pb.groups,
+              ", but got weight of shape ", weight.sizes());
+  if (L.p >= 0) {
+    TORCH_CHECK(weight.size(L.p) == pb.P && weight.size(L.q) == pb.Q, fn, ": expected weight.shape[",
+                L.p, ":", L.q + 1, "] = output size [", pb.P, ", ", pb.Q,
+                "], but got weight of shape ", weight.sizes());
+  }
+  if (L.th >= 0) {
+    pb.tile_h = weight.size(L.th);
+    pb.tile_w = weight.size(L.tw);
+    TORCH_CHECK(pb.tile_h > 0 && pb.tile_w > 0, fn, ": expected tiles to be positive, but got ",
+                "weight of shape ", weight.sizes());
+  }
+}
+
+// The bias shape of each kind: one per output channel, per output unit, or per
+// output channel and tile.
+std::vector<int64_t> bias_shape(const WeightLayout& L, const Conv2dProblem& pb) {
+  if (L.p >= 0) return {pb.K, pb.P, pb.Q};
+  if (L.th >= 0) return {pb.K, pb.tile_h, pb.tile_w};
+  return {pb.K};
 }
 
 void check_bias(const char* fn, const at::Tensor& input, const std::optional<at::Tensor>& bias,
-                int64_t out_channels) {
+                at::IntArrayRef expected) {
   if (!bias.has_value()) return;
   check_same_device_dtype(fn, "input", input, "bias", *bias);
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, fn,
-              ": expected bias of shape [", out_channels, "], but got shape ", bias->sizes());
+  TORCH_CHECK(bias->sizes() == expected, fn, ": expected bias of shape ", expected,
+              ", but got shape ", bias->sizes());
 }
 
-}  // namespace
+void check_weight_tensor(const char* fn, const WeightLayout& L, const char* arg,
+                         const at::Tensor& data, const at::Tensor& weight) {
+  check_dim(fn, "weight", weight, L.dims, L.layout);
+  check_dtype(fn, arg, data);
+  check_same_device_dtype(fn, arg, data, "weight", weight);
+}
 
-Conv2dProblem conv2d_problem(const char* fn, const at::Tensor& input, const at::Tensor& weight,
-                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  check_dim(fn, "input", input, "(N, C, H, W)");
-  check_dim(fn, "weight", weight, "(C_out, C_in/groups, kH, kW)");
-  check_dtype(fn, "input", input);
-  check_same_device_dtype(fn, "input", input, "weight", weight);
+Conv2dProblem forward_problem(const char* fn, const WeightLayout& L, const at::Tensor& input,
+                              const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                              at::IntArrayRef stride, at::IntArrayRef padding,
+                              at::IntArrayRef dilation, int64_t groups) {
+  check_dim(fn, "input", input, 4, "(N, C, H, W)");
+  check_weight_tensor(fn, L, "input", input, weight);
   auto pb = conv_geometry(fn, input.size(0), input.size(1), input.size(2), input.size(3),
-                          weight.size(0), weight.size(2), weight.size(3), stride, padding,
+                          weight.size(L.k), weight.size(L.r), weight.size(L.s), stride, padding,
                           dilation, groups);
-  check_weight_channels(fn, weight, pb.C, groups);
-  check_bias(fn, input, bias, pb.K);
+  check_weight(fn, L, weight, pb);
+  check_bias(fn, input, bias, bias_shape(L, pb));
   return pb;
 }
 
-Conv2dProblem conv2d_input_backward_problem(const char* fn, const at::Tensor& grad_output,
-                                            const at::Tensor& weight, at::IntArrayRef input_size,
-                                            at::IntArrayRef stride, at::IntArrayRef padding,
-                                            at::IntArrayRef dilation, int64_t groups) {
-  check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)");
-  check_dim(fn, "weight", weight, "(C_out, C_in/groups, kH, kW)");
-  check_dtype(fn, "grad_output", grad_output);
-  check_same_device_dtype(fn, "grad_output", grad_output, "weight", weight);
+Conv2dProblem input_backward_problem(const char* fn, const WeightLayout& L,
+                                     const at::Tensor& grad_output, const at::Tensor& weight,
+                                     at::IntArrayRef input_size, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     int64_t groups) {
+  check_dim(fn, "grad_output", grad_output, 4, "(N, C_out, OH, OW)");
+  check_weight_tensor(fn, L, "grad_output", grad_output, weight);
   TORCH_CHECK(input_size.size() == 2 && input_size[0] > 0 && input_size[1] > 0, fn,
               ": expected input_size of 2 positive entries, but got input_size=", input_size);
-  TORCH_CHECK(grad_output.size(1) == weight.size(0), fn, ": expected grad_output.shape[1] = ",
-              "weight.shape[0] = ", weight.size(0), ", but got grad_output of shape ",
+  TORCH_CHECK(grad_output.size(1) == weight.size(L.k), fn, ": expected grad_output.shape[1] = ",
+              "weight.shape[0] = ", weight.size(L.k), ", but got grad_output of shape ",
               grad_output.sizes());
-  auto pb = conv_geometry(fn, grad_output.size(0), weight.size(1) * groups, input_size[0],
-                          input_size[1], weight.size(0), weight.size(2), weight.size(3), stride,
-                          padding, dilation, groups);
+  auto pb = conv_geometry(fn, grad_output.size(0), weight.size(L.cg) * groups, input_size[0],
+                          input_size[1], weight.size(L.k), weight.size(L.r), weight.size(L.s),
+                          stride, padding, dilation, groups);
   TORCH_CHECK(grad_output.size(2) == pb.P && grad_output.size(3) == pb.Q, fn,
               ": expected grad_output of spatial size [", pb.P, ", ", pb.Q, "] for input_size ",
               input_size, ", but got shape ", grad_output.sizes());
+  check_weight(fn, L, weight, pb);
   return pb;
 }
 
-Conv2dProblem conv2d_weight_backward_problem(const char* fn, const at::Tensor& grad_output,
-                                             const at::Tensor& input, at::IntArrayRef kernel_size,
-                                             at::IntArrayRef stride, at::IntArrayRef padding,
-                                             at::IntArrayRef dilation, int64_t groups) {
-  check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)");
-  check_dim(fn, "input", input, "(N, C, H, W)");
+Conv2dProblem weight_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                      const at::Tensor& input, at::IntArrayRef kernel_size,
+                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation, int64_t groups) {
+  check_dim(fn, "grad_output", grad_output, 4, "(N, C_out, OH, OW)");
+  check_dim(fn, "input", input, 4, "(N, C, H, W)");
   check_dtype(fn, "input", input);
   check_same_device_dtype(fn, "input", input, "grad_output", grad_output);
   TORCH_CHECK(kernel_size.size() == 2, fn, ": expected kernel_size of 2 entries, but got ",
@@ -186,9 +228,94 @@ Conv2dProblem conv2d_weight_backward_problem(const char* fn, const at::Tensor& g
   return pb;
 }
 
+}  // namespace
+
+Conv2dProblem conv2d_problem(const char* fn, const at::Tensor& input, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return forward_problem(fn, kDense, input, weight, bias, stride, padding, dilation, groups);
+}
+
+Conv2dProblem conv2d_input_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                            const at::Tensor& weight, at::IntArrayRef input_size,
+                                            at::IntArrayRef stride, at::IntArrayRef padding,
+                                            at::IntArrayRef dilation, int64_t groups) {
+  return input_backward_problem(fn, kDense, grad_output, weight, input_size, stride, padding,
+                                dilation, groups);
+}
+
+Conv2dProblem conv2d_weight_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                             const at::Tensor& input, at::IntArrayRef kernel_size,
+                                             at::IntArrayRef stride, at::IntArrayRef padding,
+                                             at::IntArrayRef dilation, int64_t groups) {
+  return weight_backward_problem(fn, grad_output, input, kernel_size, stride, padding, dilation,
+                                 groups);
+}
+
 void check_conv2d_bias_backward(const char* fn, const at::Tensor& grad_output) {
-  check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)");
+  check_dim(fn, "grad_output", grad_output, 4, "(N, C_out, OH, OW)");
   check_dtype(fn, "grad_output", grad_output);
+}
+
+Conv2dProblem local_conv2d_problem(const char* fn, const at::Tensor& input,
+                                   const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, int64_t groups) {
+  return forward_problem(fn, kLocal, input, weight, bias, stride, padding, dilation, groups);
+}
+
+Conv2dProblem local_conv2d_input_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                  const at::Tensor& weight,
+                                                  at::IntArrayRef input_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, int64_t groups) {
+  return input_backward_problem(fn, kLocal, grad_output, weight, input_size, stride, padding,
+                                dilation, groups);
+}
+
+Conv2dProblem local_conv2d_weight_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                   const at::Tensor& input,
+                                                   at::IntArrayRef kernel_size,
+                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                   at::IntArrayRef dilation, int64_t groups) {
+  return weight_backward_problem(fn, grad_output, input, kernel_size, stride, padding, dilation,
+                                 groups);
+}
+
+Conv2dProblem tiled_conv2d_problem(const char* fn, const at::Tensor& input,
+                                   const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, int64_t groups) {
+  return forward_problem(fn, kTiled, input, weight, bias, stride, padding, dilation, groups);
+}
+
+Conv2dProblem tiled_conv2d_input_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                  const at::Tensor& weight,
+                                                  at::IntArrayRef input_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, int64_t groups) {
+  return input_backward_problem(fn, kTiled, grad_output, weight, input_size, stride, padding,
+                                dilation, groups);
+}
+
+Conv2dProblem tiled_conv2d_weight_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                   const at::Tensor& input,
+                                                   at::IntArrayRef kernel_size,
+                                                   at::IntArrayRef tiles, at::IntArrayRef stride,
+                                                   at::IntArrayRef padding,
+                                                   at::IntArrayRef dilation, int64_t groups) {
+  check_positive_pair(fn, "tiles", tiles);
+  auto pb = weight_backward_problem(fn, grad_output, input, kernel_size, stride, padding, dilation,
+                                    groups);
+  pb.tile_h = tiles[0];
+  pb.tile_w = tiles[1];
+  return pb;
+}
+
+void check_tiled_conv2d_bias_backward(const char* fn, const at::Tensor& grad_output,
+                                      at::IntArrayRef tiles) {
+  check_conv2d_bias_backward(fn, grad_output);
+  check_positive_pair(fn, "tiles", tiles);
 }
 
 Conv2dProblem conv_transpose2d_problem(const char* fn, const at::Tensor& input,
@@ -197,8 +324,8 @@ Conv2dProblem conv_transpose2d_problem(const char* fn, const at::Tensor& input,
                                        at::IntArrayRef stride, at::IntArrayRef padding,
                                        at::IntArrayRef output_padding, int64_t groups,
                                        at::IntArrayRef dilation) {
-  check_dim(fn, "input", input, "(N, C_in, H, W)");
-  check_dim(fn, "weight", weight, "(C_in, C_out/groups, kH, kW)");
+  check_dim(fn, "input", input, 4, "(N, C_in, H, W)");
+  check_dim(fn, "weight", weight, 4, "(C_in, C_out/groups, kH, kW)");
   check_dtype(fn, "input", input);
   check_same_device_dtype(fn, "input", input, "weight", weight);
   check_positive_pair(fn, "stride", stride);
@@ -232,11 +359,13 @@ Conv2dProblem conv_transpose2d_problem(const char* fn, const at::Tensor& input,
               ", ", out_w, "] for input of shape ", input.sizes(), ", padding=", padding,
               " and kernel size ", R, "x", S);
   const int64_t out_channels = weight.size(1) * groups;
-  check_bias(fn, input, bias, out_channels);
+  check_bias(fn, input, bias, {out_channels});
   auto pb = conv_geometry(fn, input.size(0), out_channels, out_h, out_w, input.size(1), R, S,
                           stride, padding, dilation, groups);
   TORCH_INTERNAL_ASSERT(pb.P == input.size(2) && pb.Q == input.size(3));
   return pb;
 }
+
+}  // namespace cnnkit
 
 }  // namespace cnnkit

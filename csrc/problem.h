@@ -109,6 +109,45 @@ Conv2dProblem conv_transpose2d_problem(const char* fn, const at::Tensor& input,
                                        at::IntArrayRef output_padding, int64_t groups,
                                        at::IntArrayRef dilation);
 
+// Unshared (locally connected) convolution, SPEC 1.3: weight
+// (C_out, OH, OW, C_in/g, kH, kW), bias (C_out, OH, OW). The three views as for
+// conv2d; the weight gradient has the shape of the weight.
+Conv2dProblem local_conv2d_problem(const char* fn, const at::Tensor& input,
+                                   const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, int64_t groups);
+Conv2dProblem local_conv2d_input_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                  const at::Tensor& weight,
+                                                  at::IntArrayRef input_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, int64_t groups);
+Conv2dProblem local_conv2d_weight_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                   const at::Tensor& input,
+                                                   at::IntArrayRef kernel_size,
+                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                   at::IntArrayRef dilation, int64_t groups);
+
+// Tiled convolution, SPEC 1.4: weight (C_out, C_in/g, kH, kW, tH, tW), bias
+// (C_out, tH, tW); output location (p, q) uses kernel tile (p % tH, q % tW).
+Conv2dProblem tiled_conv2d_problem(const char* fn, const at::Tensor& input,
+                                   const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, int64_t groups);
+Conv2dProblem tiled_conv2d_input_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                  const at::Tensor& weight,
+                                                  at::IntArrayRef input_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, int64_t groups);
+Conv2dProblem tiled_conv2d_weight_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                   const at::Tensor& input,
+                                                   at::IntArrayRef kernel_size,
+                                                   at::IntArrayRef tiles, at::IntArrayRef stride,
+                                                   at::IntArrayRef padding,
+                                                   at::IntArrayRef dilation, int64_t groups);
+// The bias gradient of tiled_conv2d: grad_output (N, K, P, Q) gives (K, tH, tW).
+void check_tiled_conv2d_bias_backward(const char* fn, const at::Tensor& grad_output,
+                                      at::IntArrayRef tiles);
+
 // Pooling problems: see csrc/problem.cpp for the rules, which follow PyTorch's.
 Pool2dProblem max_pool2d_problem(const char* fn, const at::Tensor& input,
                                  at::IntArrayRef kernel_size, at::IntArrayRef stride,
@@ -122,6 +161,22 @@ Pool2dProblem adaptive_pool2d_problem(const char* fn, const at::Tensor& input,
                                       at::IntArrayRef output_size);
 ChannelPoolProblem channel_max_pool_problem(const char* fn, const at::Tensor& input,
                                             int64_t pool_size);
+// Pooling backward: the forward's problem, with grad_output (and indices) checked
+// against the forward's output shape. max_pool2d_backward serves max and adaptive
+// max pooling alike, so its geometry is read off the shapes alone.
+Pool2dProblem max_pool2d_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                          const at::Tensor& input, const at::Tensor& indices);
+Pool2dProblem avg_pool2d_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                          const at::Tensor& input, at::IntArrayRef kernel_size,
+                                          at::IntArrayRef stride, at::IntArrayRef padding,
+                                          bool ceil_mode, bool count_include_pad,
+                                          std::optional<int64_t> divisor_override);
+Pool2dProblem adaptive_avg_pool2d_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                   const at::Tensor& input);
+ChannelPoolProblem channel_max_pool_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                     const at::Tensor& input,
+                                                     const at::Tensor& indices,
+                                                     int64_t pool_size);
 
 }  // namespace cnnkit
 #endif

@@ -76,15 +76,16 @@ void im2col(const T* x, T* col, const Conv2dProblem& pb) {
 }
 
 // dx[c][ih][iw] = sum of col entries that im2col copied from (c, ih, iw):
-// the adjoint of im2col. One channel per task, so no two tasks write the same
-// element and the summation order is fixed.
+// the adjoint of im2col; added to dx when `accumulate`, else dx is overwritten.
+// One channel per task, so no two tasks write the same element and the
+// summation order is fixed.
 template <typename T>
-void col2im(const T* col, T* dx, const Conv2dProblem& pb) {
+void col2im(const T* col, T* dx, const Conv2dProblem& pb, bool accumulate = false) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
   at::parallel_for(0, pb.C, rows_grain(RS * PQ), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       T* xc = dx + c * HW;
-      std::fill(xc, xc + HW, T(0));
+      if (!accumulate) std::fill(xc, xc + HW, T(0));
       for (int64_t r = 0; r < pb.R; ++r) {
         for (int64_t s = 0; s < pb.S; ++s) {
           const T* src = col + ((c * pb.R + r) * pb.S + s) * PQ;
