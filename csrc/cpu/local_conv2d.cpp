@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cpu/im2col.h"
+#include "cpu/memory.h"
 #include "problem.h"
 
 namespace cnnkit::cpu {
@@ -34,22 +35,57 @@ namespace {
 
 using at::vec::Vectorized;
 
-// X_l: the patches of output location (p, q) for every sample, row n =
-// V[n] unfolded in (c, r, s) order over all C channels (zero in the padding).
+// Kernel rows r (columns s) of output row p (column q) that read inside the
+// input: input row p*stride - pad + r*dilation in [0, H).
+inline ValidRange valid_taps(int64_t extent, int64_t taps, int64_t stride, int64_t pad,
+                             int64_t dilation, int64_t out_index) {
+  return valid_outputs(extent, taps, dilation, pad - out_index * stride, 0);
+}
+
+// The patch of output location (p, q) in one sample x_n (C, H, W), unfolded in
+// (c, r, s) order over all C channels (zero in the padding).
 template <typename T>
-void gather_patches(const T* x, T* patches, const Conv2dProblem& pb, int64_t p, int64_t q) {
-  const int64_t CRS = pb.C * pb.R * pb.S, HW = pb.H * pb.W;
-  for (int64_t n = 0; n < pb.N; ++n) {
-    T* dst = patches + n * CRS;
-    for (int64_t c = 0; c < pb.C; ++c) {
-      const T* plane = x + (n * pb.C + c) * HW;
-      for (int64_t r = 0; r < pb.R; ++r) {
-        const int64_t ih = pb.input_row(p, r);
-        const bool row_in = ih >= 0 && ih < pb.H;
-        for (int64_t s = 0; s < pb.S; ++s, ++dst) {
-          const int64_t iw = pb.input_col(q, s);
-          *dst = (row_in && iw >= 0 && iw < pb.W) ? plane[ih * pb.W + iw] : T(0);
-        }
+void gather_patch(const T* xn, T* dst, const Conv2dProblem& pb, int64_t p, int64_t q) {
+  const ValidRange rs = valid_taps(pb.H, pb.R, pb.stride_h, pb.pad_h, pb.dilation_h, p);
+  const ValidRange ss = valid_taps(pb.W, pb.S, pb.stride_w, pb.pad_w, pb.dilation_w, q);
+  const int64_t HW = pb.H * pb.W, RS = pb.R * pb.S;
+  const bool interior = rs.lo == 0 && rs.hi == pb.R && ss.lo == 0 && ss.hi == pb.S;
+  if (!interior) std::fill(dst, dst + pb.C * RS, T(0));
+  for (int64_t c = 0; c < pb.C; ++c) {
+    for (int64_t r = rs.lo; r < rs.hi; ++r) {
+      const T* src = xn + c * HW + pb.input_row(p, r) * pb.W + pb.input_col(q, 0);
+      T* d = dst + c * RS + r * pb.S;
+      const int64_t taps = ss.hi - ss.lo;
+      if (pb.dilation_w == 1 && taps <= Vectorized<T>::size()) {
+        // A kernel row is a few contiguous input elements: one masked vector copy.
+        Vectorized<T>::loadu(src + ss.lo, taps).store(d + ss.lo, taps);
+      } else if (pb.dilation_w == 1) {
+        std::copy(src + ss.lo, src + ss.hi, d + ss.lo);
+      } else {
+        for (int64_t s = ss.lo; s < ss.hi; ++s) d[s] = src[s * pb.dilation_w];
+      }
+    }
+  }
+}
+
+// The adjoint of gather_patch: adds the patch back onto the input positions it
+// was read from, for input channels [c0, c1) of one sample.
+template <typename T>
+void scatter_patch(const T* src, T* dxn, const Conv2dProblem& pb, int64_t p, int64_t q,
+                   int64_t c0, int64_t c1) {
+  const ValidRange rs = valid_taps(pb.H, pb.R, pb.stride_h, pb.pad_h, pb.dilation_h, p);
+  const ValidRange ss = valid_taps(pb.W, pb.S, pb.stride_w, pb.pad_w, pb.dilation_w, q);
+  const int64_t HW = pb.H * pb.W, RS = pb.R * pb.S;
+  for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t r = rs.lo; r < rs.hi; ++r) {
+      T* d = dxn + c * HW + pb.input_row(p, r) * pb.W + pb.input_col(q, 0);
+      const T* sr = src + c * RS + r * pb.S;
+      const int64_t taps = ss.hi - ss.lo;
+      if (pb.dilation_w == 1 && taps <= Vectorized<T>::size()) {
+        (Vectorized<T>::loadu(d + ss.lo, taps) + Vectorized<T>::loadu(sr + ss.lo, taps))
+            .store(d + ss.lo, taps);
+      } else {
+        for (int64_t s = ss.lo; s < ss.hi; ++s) d[s * pb.dilation_w] += sr[s];
       }
     }
   }
@@ -73,16 +109,56 @@ void dot_rows(const T* w, const T* const* a, int count, int64_t len, T* out) {
   }
 }
 
-// y += alpha * x over len elements.
+// out[j] = sum_i coef[i] * rows[i * row_stride + j] for j < len: a linear
+// combination of `count` rows, accumulated in registers over blocks of four
+// vectors so that `out` is written once.
 template <typename T>
-inline void axpy(T alpha, const T* x, T* y, int64_t len) {
+void combine_rows(T* out, const T* rows, int64_t row_stride, const T* coef, int64_t count,
+                  int64_t len) {
   using Vec = Vectorized<T>;
-  const Vec av(alpha);
+  constexpr int64_t kBlock = 4 * Vec::size();
   int64_t j = 0;
-  for (; j + Vec::size() <= len; j += Vec::size()) {
-    at::vec::fmadd(av, Vec::loadu(x + j), Vec::loadu(y + j)).store(y + j);
+  for (; j + kBlock <= len; j += kBlock) {
+    Vec acc[4] = {Vec(T(0)), Vec(T(0)), Vec(T(0)), Vec(T(0))};
+    for (int64_t i = 0; i < count; ++i) {
+      const Vec c(coef[i]);
+      const T* row = rows + i * row_stride + j;
+      for (int v = 0; v < 4; ++v) {
+        acc[v] = at::vec::fmadd(c, Vec::loadu(row + v * Vec::size()), acc[v]);
+      }
+    }
+    for (int v = 0; v < 4; ++v) acc[v].store(out + j + v * Vec::size());
   }
-  for (; j < len; ++j) y[j] += alpha * x[j];
+  for (; j + Vec::size() <= len; j += Vec::size()) {
+    Vec acc(T(0));
+    for (int64_t i = 0; i < count; ++i) {
+      acc = at::vec::fmadd(Vec(coef[i]), Vec::loadu(rows + i * row_stride + j), acc);
+    }
+    acc.store(out + j);
+  }
+  for (; j < len; ++j) {
+    T sum = 0;
+    for (int64_t i = 0; i < count; ++i) sum += coef[i] * rows[i * row_stride + j];
+    out[j] = sum;
+  }
+}
+
+// out_i[k] = sum_j a_i[j] * wt[j][k] for up to four rows a_i (length `inner`)
+// and k < len, with wt row-major (inner x len): one vector of outputs per
+// sample accumulated in registers, no horizontal sums.
+template <typename T>
+void rows_times_matrix(const T* const* a, int count, const T* wt, int64_t inner, int64_t len,
+                       T* const* out) {
+  using Vec = Vectorized<T>;
+  for (int64_t k = 0; k < len; k += Vec::size()) {
+    const int width = static_cast<int>(std::min<int64_t>(Vec::size(), len - k));
+    Vec acc[4] = {Vec(T(0)), Vec(T(0)), Vec(T(0)), Vec(T(0))};
+    for (int64_t j = 0; j < inner; ++j) {
+      const Vec w = Vec::loadu(wt + j * len + k, width);
+      for (int i = 0; i < count; ++i) acc[i] = at::vec::fmadd(Vec(a[i][j]), w, acc[i]);
+    }
+    for (int i = 0; i < count; ++i) acc[i].store(out[i] + k, width);
+  }
 }
 
 // Pointer to W_l[k] = W[k, p, q, :, :, :] (length C/g*R*S).
@@ -91,70 +167,102 @@ inline const T* weight_row(const T* w, const Conv2dProblem& pb, int64_t k, int64
   return w + (k * pb.P * pb.Q + l) * pb.patch_size();
 }
 
+// From this batch size on, the forward pass transposes each location's weights.
+constexpr int64_t kTransposeMinBatch = 4;
+
 template <typename T>
 void forward_kernel(const Conv2dProblem& pb, const T* x, const T* w, const T* bias, T* out) {
   const int64_t PQ = pb.P * pb.Q, CgRS = pb.patch_size(), CRS = pb.C * pb.R * pb.S;
-  const int64_t Kg = pb.group_out_channels();
+  const int64_t Kg = pb.group_out_channels(), CHW = pb.C * pb.H * pb.W;
   at::parallel_for(0, PQ, 1, [&](int64_t l0, int64_t l1) {
-    std::vector<T> patches(pb.N * CRS);
+    std::vector<T> patches(pb.N * CRS), results(pb.N * pb.K);
+    std::vector<T> wt(pb.N < kTransposeMinBatch ? 0 : CgRS * Kg);
     for (int64_t l = l0; l < l1; ++l) {
-      gather_patches(x, patches.data(), pb, l / pb.Q, l % pb.Q);
-      for (int64_t k = 0; k < pb.K; ++k) {
-        const T* wk = weight_row(w, pb, k, l);
-        const int64_t g = k / Kg;
-        const T b = bias ? bias[k * PQ + l] : T(0);
-        for (int64_t n = 0; n < pb.N; n += 4) {
-          const int count = static_cast<int>(std::min<int64_t>(4, pb.N - n));
-          const T* rows[4];
-          for (int i = 0; i < count; ++i) rows[i] = patches.data() + (n + i) * CRS + g * CgRS;
-          T sums[4];
-          dot_rows(wk, rows, count, CgRS, sums);
-          for (int i = 0; i < count; ++i) out[((n + i) * pb.K + k) * PQ + l] = sums[i] + b;
+      for (int64_t n = 0; n < pb.N; ++n) {
+        gather_patch(x + n * CHW, patches.data() + n * CRS, pb, l / pb.Q, l % pb.Q);
+      }
+      if (pb.N < kTransposeMinBatch) {
+        // Few samples: stream each weight row once against the samples' patches.
+        for (int64_t k = 0; k < pb.K; ++k) {
+          const T* wk = weight_row(w, pb, k, l);
+          const int64_t g = k / Kg;
+          for (int64_t n = 0; n < pb.N; n += 4) {
+            const int count = static_cast<int>(std::min<int64_t>(4, pb.N - n));
+            const T* rows[4];
+            for (int i = 0; i < count; ++i) rows[i] = patches.data() + (n + i) * CRS + g * CgRS;
+            T sums[4];
+            dot_rows(wk, rows, count, CgRS, sums);
+            for (int i = 0; i < count; ++i) results[(n + i) * pb.K + k] = sums[i];
+          }
+        }
+      } else {
+        // Many samples: transpose W_l once per group to (C/g*R*S x K/g), then
+        // every sample's outputs are vectors accumulated without horizontal sums.
+        for (int64_t g = 0; g < pb.groups; ++g) {
+          for (int64_t i = 0; i < Kg; ++i) {
+            const T* wk = weight_row(w, pb, g * Kg + i, l);
+            for (int64_t j = 0; j < CgRS; ++j) wt[j * Kg + i] = wk[j];
+          }
+          for (int64_t n = 0; n < pb.N; n += 4) {
+            const int count = static_cast<int>(std::min<int64_t>(4, pb.N - n));
+            const T* rows[4];
+            T* outs[4];
+            for (int i = 0; i < count; ++i) {
+              rows[i] = patches.data() + (n + i) * CRS + g * CgRS;
+              outs[i] = results.data() + (n + i) * pb.K + g * Kg;
+            }
+            rows_times_matrix(rows, count, wt.data(), CgRS, Kg, outs);
+          }
+        }
+      }
+      for (int64_t n = 0; n < pb.N; ++n) {
+        for (int64_t k = 0; k < pb.K; ++k) {
+          out[(n * pb.K + k) * PQ + l] = results[n * pb.K + k] + (bias ? bias[k * PQ + l] : T(0));
         }
       }
     }
   });
 }
 
+// dW_l[k] = sum_n G[n, k, l] X_l[n], each weight row written once.
 template <typename T>
 void weight_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* x, T* grad_w) {
   const int64_t PQ = pb.P * pb.Q, CgRS = pb.patch_size(), CRS = pb.C * pb.R * pb.S;
-  const int64_t Kg = pb.group_out_channels();
+  const int64_t Kg = pb.group_out_channels(), CHW = pb.C * pb.H * pb.W;
   at::parallel_for(0, PQ, 1, [&](int64_t l0, int64_t l1) {
-    std::vector<T> patches(pb.N * CRS);
+    std::vector<T> patches(pb.N * CRS), coef(pb.N);
     for (int64_t l = l0; l < l1; ++l) {
-      gather_patches(x, patches.data(), pb, l / pb.Q, l % pb.Q);
+      for (int64_t n = 0; n < pb.N; ++n) {
+        gather_patch(x + n * CHW, patches.data() + n * CRS, pb, l / pb.Q, l % pb.Q);
+      }
       for (int64_t k = 0; k < pb.K; ++k) {
-        T* dwk = grad_w + (k * PQ + l) * CgRS;
-        std::fill(dwk, dwk + CgRS, T(0));
-        const T* group_patches = patches.data() + (k / Kg) * CgRS;
-        for (int64_t n = 0; n < pb.N; ++n) {
-          axpy(grad_out[(n * pb.K + k) * PQ + l], group_patches + n * CRS, dwk, CgRS);
-        }
+        for (int64_t n = 0; n < pb.N; ++n) coef[n] = grad_out[(n * pb.K + k) * PQ + l];
+        combine_rows(grad_w + (k * PQ + l) * CgRS, patches.data() + (k / Kg) * CgRS, CRS,
+                     coef.data(), pb.N, CgRS);
       }
     }
   });
 }
 
-// dV: one output row at a time. Phase 1 (parallel over locations of the row):
-// dX_l = sum_k G[:, k, l] W_l[k]. Phase 2 (parallel over input planes): fold
+// dV: one output row at a time. Phase 1 (parallel over the row's locations):
+// dX_l[n] = sum_k G[n, k, l] W_l[k]. Phase 2 (parallel over input planes): fold
 // the row's dX_l back onto the input positions they were read from.
 template <typename T>
 void input_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* w, T* grad_in) {
   const int64_t PQ = pb.P * pb.Q, CgRS = pb.patch_size(), CRS = pb.C * pb.R * pb.S;
-  const int64_t Kg = pb.group_out_channels(), HW = pb.H * pb.W, RS = pb.R * pb.S;
+  const int64_t Kg = pb.group_out_channels(), HW = pb.H * pb.W;
   std::fill(grad_in, grad_in + pb.N * pb.C * HW, T(0));
   std::vector<T> row_patches(pb.Q * pb.N * CRS);
   for (int64_t p = 0; p < pb.P; ++p) {
     at::parallel_for(0, pb.Q, 1, [&](int64_t q0, int64_t q1) {
+      std::vector<T> coef(Kg);
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t l = p * pb.Q + q;
-        T* dx = row_patches.data() + q * pb.N * CRS;
-        std::fill(dx, dx + pb.N * CRS, T(0));
         for (int64_t n = 0; n < pb.N; ++n) {
-          for (int64_t k = 0; k < pb.K; ++k) {
-            axpy(grad_out[(n * pb.K + k) * PQ + l], weight_row(w, pb, k, l),
-                 dx + n * CRS + (k / Kg) * CgRS, CgRS);
+          for (int64_t g = 0; g < pb.groups; ++g) {
+            for (int64_t i = 0; i < Kg; ++i) coef[i] = grad_out[(n * pb.K + g * Kg + i) * PQ + l];
+            combine_rows(row_patches.data() + (q * pb.N + n) * CRS + g * CgRS,
+                         weight_row(w, pb, g * Kg, l), PQ * CgRS, coef.data(), Kg, CgRS);
           }
         }
       }
@@ -162,17 +270,9 @@ void input_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* 
     at::parallel_for(0, pb.N * pb.C, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t n = i / pb.C, c = i % pb.C;
-        T* plane = grad_in + i * HW;
         for (int64_t q = 0; q < pb.Q; ++q) {
-          const T* src = row_patches.data() + (q * pb.N + n) * CRS + c * RS;
-          for (int64_t r = 0; r < pb.R; ++r) {
-            const int64_t ih = pb.input_row(p, r);
-            if (ih < 0 || ih >= pb.H) continue;
-            for (int64_t s = 0; s < pb.S; ++s) {
-              const int64_t iw = pb.input_col(q, s);
-              if (iw >= 0 && iw < pb.W) plane[ih * pb.W + iw] += src[r * pb.S + s];
-            }
-          }
+          scatter_patch(row_patches.data() + (q * pb.N + n) * CRS, grad_in + n * pb.C * HW, pb, p,
+                        q, c, c + 1);
         }
       }
     });
@@ -226,8 +326,11 @@ at::Tensor local_conv2d_weight_backward_cpu(const at::Tensor& grad_output, const
                                                        grad_output, input, kernel_size, stride,
                                                        padding, dilation, groups);
   const auto g = grad_output.contiguous(), x = input.contiguous();
-  auto grad_weight = at::zeros({pb.K, pb.P, pb.Q, pb.group_in_channels(), pb.R, pb.S}, x.options());
-  if (pb.N > 0 && grad_weight.numel() > 0) {
+  auto grad_weight =
+      empty_large({pb.K, pb.P, pb.Q, pb.group_in_channels(), pb.R, pb.S}, x.options());
+  if (pb.N == 0) {
+    grad_weight.zero_();
+  } else if (grad_weight.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnnkit_local_conv2d_weight_backward", [&] {
       weight_backward_kernel<scalar_t>(pb, g.const_data_ptr<scalar_t>(),
                                        x.const_data_ptr<scalar_t>(),
