@@ -13,9 +13,11 @@
 // bias) is ours. A 1x1 kernel at stride 1 without padding needs no unfolding:
 // the input plane set itself is the patch matrix.
 //
-// Parallelism: with at least as many samples as threads, the batch is split
-// into one contiguous range per thread, each with its own scratch patch matrix
-// and single-threaded BLAS; with fewer samples, samples run one after another
+// Batching: small images put the patch matrices of several samples side by
+// side, so each product has about 1024 columns and reads the weights once per
+// block of samples. Parallelism: with at least as many blocks as threads,
+// the blocks are split into one contiguous range per thread, each with its
+// own scratch and single-threaded BLAS; otherwise blocks run one after another
 // and the loops and BLAS inside each run in parallel. Weight-gradient partial
 // sums are kept per range and added in range order, so results do not depend
 // on thread timing.
@@ -26,6 +28,7 @@
 #include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "cpu/conv2d.h"
@@ -64,21 +67,41 @@ at::Tensor phase_locations(const at::Tensor& t, const Conv2dProblem& pb, int64_t
   return t.slice(-2, a, pb.P, pb.tile_h).slice(-1, b, pb.Q, pb.tile_w);
 }
 
-// Number of contiguous sample ranges to process in parallel (see the top of the file).
-int64_t batch_chunks(int64_t N) {
+// How the batch is cut: blocks of `block` samples whose patch matrices sit side
+// by side in one matrix (so that a small image still gives each product about
+// kTargetColumns columns and the weights are read once per block, not once
+// per sample), and `chunks` contiguous ranges of blocks run in parallel.
+struct BatchPlan {
+  int64_t block, blocks, chunks;
+};
+
+constexpr int64_t kTargetColumns = 1024;
+
+BatchPlan plan_batch(const Conv2dProblem& pb) {
+  const auto sub = phase_problem(pb, 0);
+  const int64_t columns = std::max<int64_t>(1, sub.P * sub.Q);
+  const int64_t block =
+      std::clamp<int64_t>(ceil_div(kTargetColumns, columns), 1, std::max<int64_t>(1, pb.N));
+  const int64_t blocks = ceil_div(pb.N, block);
   const int64_t threads = at::get_num_threads();
-  return (threads > 1 && N >= threads) ? threads : 1;
+  return {block, blocks, (threads > 1 && blocks >= threads) ? threads : 1};
 }
 
-// fn(chunk, n_begin, n_end) for each of `chunks` contiguous ranges of [0, N).
-// Worker threads take the caller's thread-local state (autograd below the
-// dispatcher, as the host function set it), since the chunks call ATen ops.
+// fn(chunk, n0, n1) for every block [n0, n1) of samples, the blocks of one
+// chunk on one thread. Worker threads take the caller's thread-local state
+// (autograd below the dispatcher, as the host function set it), since the
+// blocks call ATen ops.
 template <typename F>
-void for_each_chunk(int64_t N, int64_t chunks, const F& fn) {
+void for_each_block(const Conv2dProblem& pb, const BatchPlan& plan, const F& fn) {
   const at::ThreadLocalState caller_state;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, plan.chunks, 1, [&](int64_t begin, int64_t end) {
     at::ThreadLocalStateGuard state_guard(caller_state);
-    for (int64_t c = begin; c < end; ++c) fn(c, c * N / chunks, (c + 1) * N / chunks);
+    for (int64_t c = begin; c < end; ++c) {
+      for (int64_t b = c * plan.blocks / plan.chunks; b < (c + 1) * plan.blocks / plan.chunks;
+           ++b) {
+        fn(c, b * plan.block, std::min(pb.N, (b + 1) * plan.block));
+      }
+    }
   });
 }
 
@@ -92,31 +115,58 @@ void grouped_mm(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b) {
   }
 }
 
-// Scratch for one patch matrix of the largest phase (phase 0), or none when
-// the input itself is the patch matrix.
-at::Tensor patch_scratch(const Conv2dProblem& pb, const at::Tensor& like) {
+// Whether samples [n0, n0 + count) of phase `sub` can use the input itself as
+// their patch matrix: one sample of a pointwise convolution.
+bool patches_are_input(const Conv2dProblem& sub, int64_t count) {
+  return count == 1 && is_pointwise(sub);
+}
+
+// Scratch for the patch matrices of one block in the largest phase (phase 0).
+at::Tensor patch_scratch(const Conv2dProblem& pb, const BatchPlan& plan, const at::Tensor& like) {
   const auto sub = phase_problem(pb, 0);
-  if (is_pointwise(sub)) return at::Tensor();
-  return at::empty({pb.groups * pb.patch_size() * sub.P * sub.Q}, like.options());
+  return at::empty({pb.groups * pb.patch_size() * plan.block * sub.P * sub.Q}, like.options());
 }
 
-// A (G, C/G*R*S, P*Q) patch matrix for sub-problem `sub` in the scratch.
-at::Tensor scratch_matrix(const Conv2dProblem& sub, at::Tensor& scratch) {
-  const int64_t rows = sub.patch_size(), cols = sub.P * sub.Q;
-  return scratch.narrow(0, 0, sub.groups * rows * cols).view({sub.groups, rows, cols});
+// A (G, C/G*R*S, columns) matrix at the start of the scratch.
+at::Tensor scratch_matrix(const Conv2dProblem& sub, int64_t columns, at::Tensor& scratch) {
+  const int64_t rows = sub.patch_size();
+  return scratch.narrow(0, 0, sub.groups * rows * columns).view({sub.groups, rows, columns});
 }
 
-// The patch matrix of sample n for sub-problem `sub`, (G, C/G*R*S, P*Q): the
-// input itself for a pointwise convolution, else unfolded into `scratch`.
-at::Tensor patches(const Conv2dProblem& sub, const at::Tensor& input, int64_t n,
+// The patch matrix of samples [n0, n0 + count) for phase `sub`,
+// (G, C/G*R*S, count*P*Q), sample i in columns [i*P*Q, (i+1)*P*Q).
+at::Tensor patches(const Conv2dProblem& sub, const at::Tensor& input, int64_t n0, int64_t count,
                    at::Tensor& scratch) {
-  const auto sample = input.select(0, n);
-  if (is_pointwise(sub)) return sample.view({sub.groups, sub.group_in_channels(), sub.H * sub.W});
-  auto col = scratch_matrix(sub, scratch);
+  if (patches_are_input(sub, count)) {
+    return input.select(0, n0).view({sub.groups, sub.group_in_channels(), sub.H * sub.W});
+  }
+  const int64_t PQ = sub.P * sub.Q;
+  auto col = scratch_matrix(sub, count * PQ, scratch);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit_im2col", [&] {
-    im2col(sample.const_data_ptr<scalar_t>(), col.mutable_data_ptr<scalar_t>(), sub);
+    for (int64_t i = 0; i < count; ++i) {
+      im2col(input.select(0, n0 + i).const_data_ptr<scalar_t>(),
+             col.mutable_data_ptr<scalar_t>() + i * PQ, sub, count * PQ);
+    }
   });
   return col;
+}
+
+// Output-shaped values (N, K, P, Q) of samples [n0, n0 + count) at the
+// locations of `phase`, as a (G, K/G, count*P'*Q') matrix in patch column
+// order: a view when that is the memory layout already, else a copy.
+at::Tensor phase_columns(const Conv2dProblem& pb, const at::Tensor& t, int64_t phase, int64_t n0,
+                         int64_t count) {
+  const int64_t G = pb.groups, Kg = pb.group_out_channels();
+  if (phase_count(pb) == 1 && count == 1) return t.select(0, n0).view({G, Kg, pb.P * pb.Q});
+  const auto block = phase_locations(t.narrow(0, n0, count), pb, phase);  // (count, K, P', Q')
+  return block.transpose(0, 1).contiguous().view({G, Kg, -1});
+}
+
+// The inverse of phase_columns: writes a (G, K/G, count*P'*Q') matrix back.
+void store_phase_columns(const Conv2dProblem& pb, at::Tensor& t, int64_t phase, int64_t n0,
+                         int64_t count, const at::Tensor& columns) {
+  auto block = phase_locations(t.narrow(0, n0, count), pb, phase);  // (count, K, P', Q')
+  block.copy_(columns.view({pb.K, count, block.size(2), block.size(3)}).transpose(0, 1));
 }
 
 }  // namespace
@@ -125,22 +175,22 @@ at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
                         const at::Tensor& weight_phases, const at::Tensor& bias_phases) {
   auto output = at::empty({pb.N, pb.K, pb.P, pb.Q}, input.options());
   if (output.numel() == 0) return output;
-  const int64_t G = pb.groups, Kg = pb.group_out_channels(), T = phase_count(pb);
-  for_each_chunk(pb.N, batch_chunks(pb.N), [&](int64_t, int64_t n0, int64_t n1) {
-    auto scratch = patch_scratch(pb, input);
-    for (int64_t n = n0; n < n1; ++n) {
-      auto out_n = output.select(0, n);
-      for (int64_t ph = 0; ph < T; ++ph) {
-        const auto sub = phase_problem(pb, ph);
-        if (sub.P == 0 || sub.Q == 0) continue;
-        // One phase writes its GEMM straight into the output; several go
-        // through a phase-ordered block that is then spread over the locations.
-        auto out = T == 1 ? out_n.view({G, Kg, pb.P * pb.Q})
-                          : at::empty({G, Kg, sub.P * sub.Q}, input.options());
-        grouped_mm(out, weight_phases.select(0, ph), patches(sub, input, n, scratch));
-        if (bias_phases.defined()) out.add_(bias_phases.select(0, ph).view({G, Kg, 1}));
-        if (T > 1) phase_locations(out_n, pb, ph).copy_(out.view({pb.K, sub.P, sub.Q}));
-      }
+  const int64_t G = pb.groups, Kg = pb.group_out_channels();
+  const auto plan = plan_batch(pb);
+  for_each_block(pb, plan, [&](int64_t, int64_t n0, int64_t n1) {
+    auto scratch = patch_scratch(pb, plan, input);
+    for (int64_t ph = 0; ph < phase_count(pb); ++ph) {
+      const auto sub = phase_problem(pb, ph);
+      if (sub.P == 0 || sub.Q == 0) continue;
+      // One sample of a dense convolution writes its product straight into
+      // the output; otherwise the product is in patch column order and is
+      // spread over the samples and locations afterwards.
+      const bool direct = phase_count(pb) == 1 && n1 - n0 == 1;
+      auto out = direct ? output.select(0, n0).view({G, Kg, pb.P * pb.Q})
+                        : at::empty({G, Kg, (n1 - n0) * sub.P * sub.Q}, input.options());
+      grouped_mm(out, weight_phases.select(0, ph), patches(sub, input, n0, n1 - n0, scratch));
+      if (bias_phases.defined()) out.add_(bias_phases.select(0, ph).view({G, Kg, 1}));
+      if (!direct) store_phase_columns(pb, output, ph, n0, n1 - n0, out);
     }
   });
   return output;
@@ -150,31 +200,31 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
                                const at::Tensor& weight_phases) {
   auto grad_input = at::empty({pb.N, pb.C, pb.H, pb.W}, grad_output.options());
   if (grad_input.numel() == 0) return grad_input;
-  const int64_t G = pb.groups, Kg = pb.group_out_channels(), T = phase_count(pb);
+  const int64_t G = pb.groups;
   const auto w_t = weight_phases.transpose(2, 3);  // (T, G, C/G*R*S, K/G)
-  if (pb.P * pb.Q == 0) return grad_input.zero_();
-  for_each_chunk(pb.N, batch_chunks(pb.N), [&](int64_t, int64_t n0, int64_t n1) {
-    auto scratch = patch_scratch(pb, grad_output);
-    for (int64_t n = n0; n < n1; ++n) {
-      const auto g_n = grad_output.select(0, n);
-      auto dx = grad_input.select(0, n);
-      for (int64_t ph = 0; ph < T; ++ph) {
-        const auto sub = phase_problem(pb, ph);
-        if (sub.P == 0 || sub.Q == 0) continue;
-        const auto g = (T == 1 ? g_n : phase_locations(g_n, pb, ph).contiguous())
-                           .view({G, Kg, sub.P * sub.Q});
-        if (is_pointwise(sub)) {  // then T == 1: the product is the gradient itself
-          auto dx3 = dx.view({G, pb.group_in_channels(), pb.H * pb.W});
-          grouped_mm(dx3, w_t.select(0, ph), g);
-          continue;
-        }
-        auto col = scratch_matrix(sub, scratch);
-        grouped_mm(col, w_t.select(0, ph), g);
-        AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "cnnkit_col2im", [&] {
-          col2im(col.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), sub,
-                 /*accumulate=*/ph > 0);
-        });
+  const auto plan = plan_batch(pb);
+  for_each_block(pb, plan, [&](int64_t, int64_t n0, int64_t n1) {
+    auto scratch = patch_scratch(pb, plan, grad_output);
+    const int64_t count = n1 - n0;
+    for (int64_t ph = 0; ph < phase_count(pb); ++ph) {
+      const auto sub = phase_problem(pb, ph);
+      if (sub.P == 0 || sub.Q == 0) continue;
+      const auto g = phase_columns(pb, grad_output, ph, n0, count);
+      if (patches_are_input(sub, count)) {  // the product is the gradient itself
+        auto dx = grad_input.select(0, n0).view({G, pb.group_in_channels(), pb.H * pb.W});
+        grouped_mm(dx, w_t.select(0, ph), g);
+        continue;
       }
+      const int64_t PQ = sub.P * sub.Q;
+      auto col = scratch_matrix(sub, count * PQ, scratch);
+      grouped_mm(col, w_t.select(0, ph), g);
+      AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "cnnkit_col2im", [&] {
+        for (int64_t i = 0; i < count; ++i) {
+          col2im(col.const_data_ptr<scalar_t>() + i * PQ,
+                 grad_input.select(0, n0 + i).mutable_data_ptr<scalar_t>(), sub, count * PQ,
+                 /*accumulate=*/ph > 0);
+        }
+      });
     }
   });
   return grad_input;
@@ -183,33 +233,29 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
 at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_output,
                                 const at::Tensor& input) {
   const int64_t G = pb.groups, Kg = pb.group_out_channels(), T = phase_count(pb);
-  const int64_t chunks = pb.N > 0 ? batch_chunks(pb.N) : 1;
-  // One partial sum per sample range, added in range order below.
-  auto partial = at::zeros({chunks, T, G, Kg, pb.patch_size()}, input.options());
-  if (pb.N > 0 && pb.P * pb.Q > 0) {
-    for_each_chunk(pb.N, chunks, [&](int64_t chunk, int64_t n0, int64_t n1) {
-      auto scratch = patch_scratch(pb, input);
-      for (int64_t n = n0; n < n1; ++n) {
-        const auto g_n = grad_output.select(0, n);
-        for (int64_t ph = 0; ph < T; ++ph) {
-          const auto sub = phase_problem(pb, ph);
-          if (sub.P == 0 || sub.Q == 0) continue;
-          const auto g = (T == 1 ? g_n : phase_locations(g_n, pb, ph).contiguous())
-                             .view({G, Kg, sub.P * sub.Q});
-          const auto col_t = patches(sub, input, n, scratch).transpose(1, 2);
-          auto acc = partial.select(0, chunk).select(0, ph);
-          if (G == 1) {
-            acc.select(0, 0).addmm_(g.select(0, 0), col_t.select(0, 0));
-          } else {
-            acc.baddbmm_(g, col_t);
-          }
+  const auto plan = plan_batch(pb);
+  // One partial sum per chunk of blocks, added in chunk order below.
+  auto partial = at::zeros({plan.chunks, T, G, Kg, pb.patch_size()}, input.options());
+  if (pb.N > 0) {
+    for_each_block(pb, plan, [&](int64_t chunk, int64_t n0, int64_t n1) {
+      auto scratch = patch_scratch(pb, plan, input);
+      for (int64_t ph = 0; ph < T; ++ph) {
+        const auto sub = phase_problem(pb, ph);
+        if (sub.P == 0 || sub.Q == 0) continue;
+        const auto g = phase_columns(pb, grad_output, ph, n0, n1 - n0);
+        const auto col_t = patches(sub, input, n0, n1 - n0, scratch).transpose(1, 2);
+        auto acc = partial.select(0, chunk).select(0, ph);
+        if (G == 1) {
+          acc.select(0, 0).addmm_(g.select(0, 0), col_t.select(0, 0));
+        } else {
+          acc.baddbmm_(g, col_t);
         }
       }
     });
   }
   auto grad_weight = partial.select(0, 0);
-  for (int64_t c = 1; c < chunks; ++c) grad_weight.add_(partial.select(0, c));
-  return chunks == 1 ? grad_weight : grad_weight.clone();
+  for (int64_t c = 1; c < plan.chunks; ++c) grad_weight.add_(partial.select(0, c));
+  return plan.chunks == 1 ? grad_weight : grad_weight.clone();
 }
 
 at::Tensor conv_bias_backward(const at::Tensor& grad_output, int64_t tile_h, int64_t tile_w) {
@@ -220,7 +266,8 @@ at::Tensor conv_bias_backward(const at::Tensor& grad_output, int64_t tile_h, int
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
     const scalar_t* src = g.const_data_ptr<scalar_t>();
     scalar_t* dst = grad_bias.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, N * P * Q));
+    at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
       std::vector<acc_t> sums(tile_h * tile_w);
       for (int64_t k = k0; k < k1; ++k) {
         std::fill(sums.begin(), sums.end(), acc_t(0));

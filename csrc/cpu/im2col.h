@@ -10,6 +10,8 @@
 // (zero where the index falls in the padding). With rows ordered this way, the
 // rows of group g are the contiguous block [g*C/G*R*S, (g+1)*C/G*R*S), so the
 // convolution of group g is the matrix product weight_g (K/G x C/G*R*S) @ col_g.
+// Rows are `ld` apart (ld >= P*Q), so the patch matrices of several samples can
+// sit side by side in one matrix, sample i in columns [i*P*Q, (i+1)*P*Q).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -35,7 +37,7 @@ inline int64_t ceil_div(int64_t a, int64_t b) {
 
 inline ValidRange valid_outputs(int64_t extent, int64_t out_extent, int64_t stride, int64_t pad,
                                 int64_t offset) {
-  const int64_t lo = std::max<int64_t>(0, ceil_div(pad - offset, stride));
+  const int64_t lo = std::min(out_extent, std::max<int64_t>(0, ceil_div(pad - offset, stride)));
   const int64_t hi = std::min<int64_t>(out_extent, ceil_div(extent + pad - offset, stride));
   return {lo, std::max(lo, hi)};
 }
@@ -46,13 +48,13 @@ inline int64_t rows_grain(int64_t row_length) {
 }
 
 template <typename T>
-void im2col(const T* x, T* col, const Conv2dProblem& pb) {
+void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
   at::parallel_for(0, pb.C * RS, rows_grain(PQ), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t c = row / RS, r = (row / pb.S) % pb.R, s = row % pb.S;
       const T* xc = x + c * HW;
-      T* dst = col + row * PQ;
+      T* dst = col + row * ld;
       const int64_t col_offset = s * pb.dilation_w;
       const ValidRange qs = valid_outputs(pb.W, pb.Q, pb.stride_w, pb.pad_w, col_offset);
       for (int64_t p = 0; p < pb.P; ++p) {
@@ -80,7 +82,7 @@ void im2col(const T* x, T* col, const Conv2dProblem& pb) {
 // One channel per task, so no two tasks write the same element and the
 // summation order is fixed.
 template <typename T>
-void col2im(const T* col, T* dx, const Conv2dProblem& pb, bool accumulate = false) {
+void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accumulate) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
   at::parallel_for(0, pb.C, rows_grain(RS * PQ), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
@@ -88,7 +90,7 @@ void col2im(const T* col, T* dx, const Conv2dProblem& pb, bool accumulate = fals
       if (!accumulate) std::fill(xc, xc + HW, T(0));
       for (int64_t r = 0; r < pb.R; ++r) {
         for (int64_t s = 0; s < pb.S; ++s) {
-          const T* src = col + ((c * pb.R + r) * pb.S + s) * PQ;
+          const T* src = col + ((c * pb.R + r) * pb.S + s) * ld;
           const int64_t col_offset = s * pb.dilation_w;
           const ValidRange qs = valid_outputs(pb.W, pb.Q, pb.stride_w, pb.pad_w, col_offset);
           for (int64_t p = 0; p < pb.P; ++p) {

@@ -161,6 +161,12 @@ void rows_times_matrix(const T* const* a, int count, const T* wt, int64_t inner,
   }
 }
 
+// Tasks per parallel chunk for tasks of `work` multiply-adds each: small
+// problems run inline instead of paying for a parallel region.
+inline int64_t grain_for(int64_t work) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work));
+}
+
 // Pointer to W_l[k] = W[k, p, q, :, :, :] (length C/g*R*S).
 template <typename T>
 inline const T* weight_row(const T* w, const Conv2dProblem& pb, int64_t k, int64_t l) {
@@ -174,7 +180,7 @@ template <typename T>
 void forward_kernel(const Conv2dProblem& pb, const T* x, const T* w, const T* bias, T* out) {
   const int64_t PQ = pb.P * pb.Q, CgRS = pb.patch_size(), CRS = pb.C * pb.R * pb.S;
   const int64_t Kg = pb.group_out_channels(), CHW = pb.C * pb.H * pb.W;
-  at::parallel_for(0, PQ, 1, [&](int64_t l0, int64_t l1) {
+  at::parallel_for(0, PQ, grain_for(pb.N * pb.K * CgRS), [&](int64_t l0, int64_t l1) {
     std::vector<T> patches(pb.N * CRS), results(pb.N * pb.K);
     std::vector<T> wt(pb.N < kTransposeMinBatch ? 0 : CgRS * Kg);
     for (int64_t l = l0; l < l1; ++l) {
@@ -229,7 +235,7 @@ template <typename T>
 void weight_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* x, T* grad_w) {
   const int64_t PQ = pb.P * pb.Q, CgRS = pb.patch_size(), CRS = pb.C * pb.R * pb.S;
   const int64_t Kg = pb.group_out_channels(), CHW = pb.C * pb.H * pb.W;
-  at::parallel_for(0, PQ, 1, [&](int64_t l0, int64_t l1) {
+  at::parallel_for(0, PQ, grain_for(pb.N * pb.K * CgRS), [&](int64_t l0, int64_t l1) {
     std::vector<T> patches(pb.N * CRS), coef(pb.N);
     for (int64_t l = l0; l < l1; ++l) {
       for (int64_t n = 0; n < pb.N; ++n) {
@@ -254,7 +260,7 @@ void input_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* 
   std::fill(grad_in, grad_in + pb.N * pb.C * HW, T(0));
   std::vector<T> row_patches(pb.Q * pb.N * CRS);
   for (int64_t p = 0; p < pb.P; ++p) {
-    at::parallel_for(0, pb.Q, 1, [&](int64_t q0, int64_t q1) {
+    at::parallel_for(0, pb.Q, grain_for(pb.N * pb.K * CgRS), [&](int64_t q0, int64_t q1) {
       std::vector<T> coef(Kg);
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t l = p * pb.Q + q;
@@ -267,7 +273,7 @@ void input_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* 
         }
       }
     });
-    at::parallel_for(0, pb.N * pb.C, 1, [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, pb.N * pb.C, grain_for(pb.Q * pb.R * pb.S), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t n = i / pb.C, c = i % pb.C;
         for (int64_t q = 0; q < pb.Q; ++q) {
