@@ -140,13 +140,23 @@ def _conv_transpose_setup(ctx, inputs, output):
 
 def _conv_transpose2d_backward(ctx, grad):
     # Y = T(X, K) + b, with T = conv2d_input_backward: X plays the role of G.
+    # When output_padding is not below the stride, conv2d(Y) has more rows or
+    # columns (P, Q) than X (H, W) and T is the adjoint of conv2d cut to the
+    # first H x W outputs: the extra outputs are dropped from dX, and X is
+    # zero-extended to (P, Q) for dK.
     x, w = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.geometry
+    H, W = x.shape[2:]
     gx = gw = gb = None
-    if _needs(ctx, 0):
-        gx = _ops.conv2d(grad, w, None, stride, padding, dilation, groups)
-    if _needs(ctx, 1):
-        gw = _ops.conv2d_weight_backward(x, grad, w.shape[2:], stride, padding, dilation, groups)
+    if _needs(ctx, 0) or _needs(ctx, 1):
+        full = _ops.conv2d(grad, w, None, stride, padding, dilation, groups)
+        P, Q = full.shape[2:]
+        if _needs(ctx, 0):
+            gx = full[:, :, :H, :W] if (P, Q) != (H, W) else full
+        if _needs(ctx, 1):
+            x_ext = torch.nn.functional.pad(x, (0, Q - W, 0, P - H)) if (P, Q) != (H, W) else x
+            gw = _ops.conv2d_weight_backward(x_ext, grad, w.shape[2:], stride, padding, dilation,
+                                             groups)
     if _needs(ctx, 2):
         gb = _ops.conv2d_bias_backward(grad)
     return gx, gw, gb, None, None, None, None, None
@@ -157,3 +167,129 @@ torch.library.register_autograd("cnnkit::conv_transpose2d", _conv_transpose2d_ba
 
 
 # --------------------------------------------------------------------------- pooling
+#
+# Every pooling gradient is linear in grad_output G, and the ops close under
+# differentiation through their adjoints:
+#   max:      dX = max_pool2d_backward(G, indices), a scatter of G to the maxima;
+#             its adjoint gathers at the same indices.
+#   average:  dX = avg_pool2d_backward(G); its adjoint is avg_pool2d.
+#   adaptive: dX = adaptive_avg_pool2d_backward(G); its adjoint is adaptive_avg_pool2d.
+#   channel:  dX = channel_max_pool_backward(G, indices); its adjoint gathers channels.
+# The input enters the backward ops only through its shape (and, for max, through
+# the indices, which are piecewise constant): their gradient with respect to it is
+# zero. Indices are integers and not differentiable.
+
+
+def _max_pool_setup(ctx, inputs, output):
+    _, indices = output
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(inputs[0], indices)
+    ctx.num_args = len(inputs)
+
+
+def _max_pool_backward(ctx, grad, _grad_indices):
+    x, indices = ctx.saved_tensors
+    gx = _ops.max_pool2d_backward(grad, x, indices) if _needs(ctx, 0) else None
+    return (gx,) + (None,) * (ctx.num_args - 1)
+
+
+def _max_pool_backward_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[2])
+
+
+def _max_pool2d_backward_backward(ctx, gg):
+    # dX[n, c, indices[n, c, p, q]] += G[n, c, p, q]: the adjoint reads gg there,
+    # a torch.gather (differentiable in turn: its adjoint is the scatter again).
+    (indices,) = ctx.saved_tensors
+    d_g = None
+    if _needs(ctx, 0):
+        d_g = gg.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
+    return d_g, None, None
+
+
+def _avg_pool_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    # (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    ctx.geometry = inputs[1:]
+
+
+def _avg_pool2d_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    gx = _ops.avg_pool2d_backward(grad, x, *ctx.geometry) if _needs(ctx, 0) else None
+    return (gx,) + (None,) * 6
+
+
+def _avg_pool_backward_setup(ctx, inputs, output):
+    ctx.geometry = inputs[2:]
+
+
+def _avg_pool2d_backward_backward(ctx, gg):
+    d_g = _ops.avg_pool2d(gg, *ctx.geometry) if _needs(ctx, 0) else None
+    return (d_g,) + (None,) * 7
+
+
+def _adaptive_avg_pool_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _adaptive_avg_pool2d_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    gx = _ops.adaptive_avg_pool2d_backward(grad, x) if _needs(ctx, 0) else None
+    return gx, None
+
+
+def _adaptive_avg_pool_backward_setup(ctx, inputs, output):
+    ctx.output_size = list(inputs[0].shape[2:])
+
+
+def _adaptive_avg_pool2d_backward_backward(ctx, gg):
+    d_g = _ops.adaptive_avg_pool2d(gg, ctx.output_size) if _needs(ctx, 0) else None
+    return d_g, None
+
+
+def _channel_max_pool_setup(ctx, inputs, output):
+    _, indices = output
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(inputs[0], indices)
+    ctx.pool_size = inputs[1]
+
+
+def _channel_max_pool_backward(ctx, grad, _grad_indices):
+    x, indices = ctx.saved_tensors
+    gx = None
+    if _needs(ctx, 0):
+        gx = _ops.channel_max_pool_backward(grad, x, indices, ctx.pool_size)
+    return gx, None
+
+
+def _channel_max_pool_backward_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[2])
+
+
+def _channel_max_pool_backward_backward(ctx, gg):
+    # dX[n, indices[n, k, h, w], h, w] = G[n, k, h, w]: the adjoint reads gg there.
+    (indices,) = ctx.saved_tensors
+    d_g = gg.gather(1, indices) if _needs(ctx, 0) else None
+    return d_g, None, None, None
+
+
+torch.library.register_autograd("cnnkit::max_pool2d", _max_pool_backward,
+                                setup_context=_max_pool_setup)
+torch.library.register_autograd("cnnkit::adaptive_max_pool2d", _max_pool_backward,
+                                setup_context=_max_pool_setup)
+torch.library.register_autograd("cnnkit::max_pool2d_backward", _max_pool2d_backward_backward,
+                                setup_context=_max_pool_backward_setup)
+torch.library.register_autograd("cnnkit::avg_pool2d", _avg_pool2d_backward,
+                                setup_context=_avg_pool_setup)
+torch.library.register_autograd("cnnkit::avg_pool2d_backward", _avg_pool2d_backward_backward,
+                                setup_context=_avg_pool_backward_setup)
+torch.library.register_autograd("cnnkit::adaptive_avg_pool2d", _adaptive_avg_pool2d_backward,
+                                setup_context=_adaptive_avg_pool_setup)
+torch.library.register_autograd("cnnkit::adaptive_avg_pool2d_backward",
+                                _adaptive_avg_pool2d_backward_backward,
+                                setup_context=_adaptive_avg_pool_backward_setup)
+torch.library.register_autograd("cnnkit::channel_max_pool", _channel_max_pool_backward,
+                                setup_context=_channel_max_pool_setup)
+torch.library.register_autograd("cnnkit::channel_max_pool_backward",
+                                _channel_max_pool_backward_backward,
+                                setup_context=_channel_max_pool_backward_setup)

@@ -21,6 +21,14 @@ def _shape(t):
     return list(t.shape)
 
 
+def _empty_in_format_of(t, shape):
+    """An output of `shape` in the memory format the kernels give it: that of
+    `t` (channels_last in, channels_last out), as csrc's `.contiguous(
+    t.suggest_memory_format())`."""
+    return torch.empty(shape, dtype=t.dtype, device=t.device,
+                       memory_format=torch._prims_common.suggest_memory_format(t))
+
+
 def check_dtype(fn, arg, t):
     if t.device.type == "cuda":
         _check(t.dtype in _CUDA_DTYPES, fn, ": expected ", arg, " of dtype torch.float32, "
@@ -142,7 +150,7 @@ def _forward_fake(fn, L, input, weight, bias, stride, padding, dilation, groups)
                           dilation, groups)
     L.check_weight(fn, weight, C, groups, P, Q)
     _check_bias(fn, input, bias, L.bias_shape(weight, K, P, Q))
-    return input.new_empty((N, K, P, Q))
+    return _empty_in_format_of(input, (N, K, P, Q))
 
 
 def _input_backward_fake(fn, L, grad_output, weight, input_size, stride, padding, dilation, groups):
@@ -161,7 +169,7 @@ def _input_backward_fake(fn, L, grad_output, weight, input_size, stride, padding
            ": expected grad_output of spatial size [", P, ", ", Q, "] for input_size ", input_size,
            ", but got shape ", _shape(grad_output))
     L.check_weight(fn, weight, C, groups, P, Q)
-    return grad_output.new_empty((grad_output.shape[0], C, *input_size))
+    return _empty_in_format_of(grad_output, (grad_output.shape[0], C, *input_size))
 
 
 def _weight_backward_fake(fn, grad_output, input, kernel_size, stride, padding, dilation, groups):
@@ -309,7 +317,193 @@ def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding,
     C_out = weight.shape[1] * groups
     _check_bias(fn, input, bias, [C_out])
     _conv_geometry(fn, C_out, out_h, out_w, C_in, R, S, stride, padding, dilation, groups)
-    return input.new_empty((N, C_out, out_h, out_w))
+    return _empty_in_format_of(input, (N, C_out, out_h, out_w))
 
 
 # --------------------------------------------------------------------------- pooling
+
+
+def _pool_out_size(size, kernel, pad, stride, dilation, ceil_mode):
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)) \
+        // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1  # the last window would start in the right padding
+    return out
+
+
+def _every_window_hits_input(size, out, kernel, pad, stride, dilation):
+    p = 0
+    while p < out and p * stride < pad:
+        start = p * stride - pad
+        first = (-start + dilation - 1) // dilation  # first tap at or after 0
+        if first >= kernel or start + first * dilation >= size:
+            return False
+        p += 1
+    return True
+
+
+def _check_pool_input(fn, input):
+    check_dim(fn, "input", input, "(N, C, H, W)")
+    check_dtype(fn, "input", input)
+    _check(input.shape[2] > 0 and input.shape[3] > 0, fn,
+           ": expected input of non-zero height and width, but got shape ", _shape(input))
+
+
+def _pool_geometry(fn, input, kernel_size, stride, padding, dilation, ceil_mode):
+    """(P, Q) of max / average pooling after the checks of pool_geometry in problem.cpp."""
+    check_positive_pair(fn, "kernel_size", kernel_size)
+    check_positive_pair(fn, "stride", stride)
+    check_positive_pair(fn, "dilation", dilation)
+    kernel_size, stride, padding, dilation = (list(v) for v in (kernel_size, stride, padding,
+                                                                dilation))
+    _check(len(padding) == 2, fn, ": expected padding of 2 entries, but got padding=", padding)
+    _check(padding[0] >= 0 and padding[1] >= 0, fn,
+           ": expected padding to be non-negative, but got padding=", padding)
+    _check(padding[0] <= kernel_size[0] // 2 and padding[1] <= kernel_size[1] // 2, fn,
+           ": expected padding to be at most half of kernel_size, but got padding=", padding,
+           " and kernel_size=", kernel_size)
+    H, W = input.shape[2:]
+    P = _pool_out_size(H, kernel_size[0], padding[0], stride[0], dilation[0], ceil_mode)
+    Q = _pool_out_size(W, kernel_size[1], padding[1], stride[1], dilation[1], ceil_mode)
+    _check(P >= 1 and Q >= 1, fn, ": expected an output size of at least 1x1, but got ", P, "x", Q,
+           " for input of shape ", _shape(input), ", kernel_size=", kernel_size, ", stride=",
+           stride, ", padding=", padding, " and dilation=", dilation)
+    _check(_every_window_hits_input(H, P, kernel_size[0], padding[0], stride[0], dilation[0]) and
+           _every_window_hits_input(W, Q, kernel_size[1], padding[1], stride[1], dilation[1]),
+           fn, ": expected every pooling window to cover at least one input element, but with "
+           "kernel_size=", kernel_size, ", padding=", padding, " and dilation=", dilation,
+           " a window of input of shape ", _shape(input), " covers padding only")
+    return P, Q
+
+
+def _check_output_shaped(fn, arg, t, expected):
+    expected = list(expected)
+    _check(_shape(t) == expected, fn, ": expected ", arg, " of shape ", expected,
+           " (the output of the forward), but got shape ", _shape(t))
+
+
+def _check_indices(fn, input, indices):
+    _check(indices.device == input.device, fn, ": expected indices on the device of input (",
+           input.device, "), but got ", indices.device)
+    _check(indices.dtype == torch.int64, fn, ": expected indices of dtype torch.int64, but got ",
+           indices.dtype)
+
+
+def _check_grad_output(fn, input, grad_output):
+    check_dim(fn, "grad_output", grad_output, "(N, C, OH, OW)")
+    check_same_device_dtype(fn, "input", input, "grad_output", grad_output)
+
+
+def _adaptive_geometry(fn, input, output_size):
+    _check_pool_input(fn, input)
+    output_size = list(output_size)
+    _check(len(output_size) == 2, fn, ": expected output_size of 2 entries, but got output_size=",
+           output_size)
+    _check(output_size[0] >= 0 and output_size[1] >= 0, fn,
+           ": expected output_size to be non-negative, but got output_size=", output_size)
+    return output_size
+
+
+def _channel_pool_geometry(fn, input, pool_size):
+    check_dim(fn, "input", input, "(N, C, H, W)")
+    check_dtype(fn, "input", input)
+    _check(pool_size > 0, fn, ": expected pool_size to be positive, but got pool_size=", pool_size)
+    _check(input.shape[1] % pool_size == 0, fn, ": expected input channels (", input.shape[1],
+           ") to be divisible by pool_size (", pool_size, ")")
+    N, C, H, W = input.shape
+    return [N, C // pool_size, H, W]
+
+
+def _like_input(input, shape, dtype=None):
+    """An output in the memory format of the input (NCHW or channels_last), as the kernels give."""
+    from torch._prims_common import suggest_memory_format  # ATen's rule, in Python
+
+    return torch.empty(shape, dtype=dtype or input.dtype, device=input.device,
+                       memory_format=suggest_memory_format(input))
+
+
+@torch.library.register_fake("cnnkit::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    fn = "cnnkit.max_pool2d"
+    _check_pool_input(fn, input)
+    P, Q = _pool_geometry(fn, input, kernel_size, stride, padding, dilation, ceil_mode)
+    shape = [*input.shape[:2], P, Q]
+    return _like_input(input, shape), _like_input(input, shape, torch.int64)
+
+
+@torch.library.register_fake("cnnkit::adaptive_max_pool2d")
+def _adaptive_max_pool2d_fake(input, output_size):
+    shape = [*input.shape[:2], *_adaptive_geometry("cnnkit.adaptive_max_pool2d", input,
+                                                   output_size)]
+    return _like_input(input, shape), _like_input(input, shape, torch.int64)
+
+
+@torch.library.register_fake("cnnkit::max_pool2d_backward")
+def _max_pool2d_backward_fake(grad_output, input, indices):
+    fn = "cnnkit.max_pool2d_backward"
+    _check_pool_input(fn, input)
+    _check_grad_output(fn, input, grad_output)
+    _check_indices(fn, input, indices)
+    _check(grad_output.shape[0] == input.shape[0] and grad_output.shape[1] == input.shape[1], fn,
+           ": expected grad_output of batch and channels [", input.shape[0], ", ", input.shape[1],
+           "] (those of input), but got shape ", _shape(grad_output))
+    _check_output_shaped(fn, "indices", indices, grad_output.shape)
+    return _like_input(input, input.shape)
+
+
+@torch.library.register_fake("cnnkit::avg_pool2d")
+def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override):
+    fn = "cnnkit.avg_pool2d"
+    _check_pool_input(fn, input)
+    _check(divisor_override is None or divisor_override != 0, fn,
+           ": expected divisor_override to be non-zero, but got divisor_override=0")
+    P, Q = _pool_geometry(fn, input, kernel_size, stride, padding, [1, 1], ceil_mode)
+    return _like_input(input, [*input.shape[:2], P, Q])
+
+
+@torch.library.register_fake("cnnkit::avg_pool2d_backward")
+def _avg_pool2d_backward_fake(grad_output, input, kernel_size, stride, padding, ceil_mode,
+                              count_include_pad, divisor_override):
+    fn = "cnnkit.avg_pool2d_backward"
+    _check_pool_input(fn, input)
+    _check(divisor_override is None or divisor_override != 0, fn,
+           ": expected divisor_override to be non-zero, but got divisor_override=0")
+    P, Q = _pool_geometry(fn, input, kernel_size, stride, padding, [1, 1], ceil_mode)
+    _check_grad_output(fn, input, grad_output)
+    _check_output_shaped(fn, "grad_output", grad_output, [*input.shape[:2], P, Q])
+    return _like_input(input, input.shape)
+
+
+@torch.library.register_fake("cnnkit::adaptive_avg_pool2d")
+def _adaptive_avg_pool2d_fake(input, output_size):
+    shape = [*input.shape[:2], *_adaptive_geometry("cnnkit.adaptive_avg_pool2d", input,
+                                                   output_size)]
+    return _like_input(input, shape)
+
+
+@torch.library.register_fake("cnnkit::adaptive_avg_pool2d_backward")
+def _adaptive_avg_pool2d_backward_fake(grad_output, input):
+    fn = "cnnkit.adaptive_avg_pool2d_backward"
+    _check_pool_input(fn, input)
+    _check_grad_output(fn, input, grad_output)
+    output_size = _adaptive_geometry(fn, input, grad_output.shape[2:])
+    _check_output_shaped(fn, "grad_output", grad_output, [*input.shape[:2], *output_size])
+    return _like_input(input, input.shape)
+
+
+@torch.library.register_fake("cnnkit::channel_max_pool")
+def _channel_max_pool_fake(input, pool_size):
+    shape = _channel_pool_geometry("cnnkit.channel_max_pool", input, pool_size)
+    return _like_input(input, shape), _like_input(input, shape, torch.int64)
+
+
+@torch.library.register_fake("cnnkit::channel_max_pool_backward")
+def _channel_max_pool_backward_fake(grad_output, input, indices, pool_size):
+    fn = "cnnkit.channel_max_pool_backward"
+    shape = _channel_pool_geometry(fn, input, pool_size)
+    _check_grad_output(fn, input, grad_output)
+    _check_indices(fn, input, indices)
+    _check_output_shaped(fn, "grad_output", grad_output, shape)
+    _check_output_shaped(fn, "indices", indices, shape)
+    return _like_input(input, input.shape)

@@ -9,6 +9,7 @@ import torch
 def _pair(fn: str, name: str, value) -> tuple[int, int]:
     """An int or a pair of ints as a pair, like torch.nn.modules.utils._pair,
     with a message naming the function and argument for anything else."""
+    given = value
     if isinstance(value, collections.abc.Iterable) and not isinstance(value, (str, torch.Tensor)):
         value = tuple(value)
         if len(value) == 1:
@@ -16,7 +17,7 @@ def _pair(fn: str, name: str, value) -> tuple[int, int]:
     else:
         value = (value, value)
     if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise TypeError(f"{fn}: expected {name} to be an int or a pair of ints, but got {name}={value!r}")
+        raise TypeError(f"{fn}: expected {name} to be an int or a pair of ints, but got {name}={given!r}")
     return value
 
 

@@ -362,10 +362,213 @@ Conv2dProblem conv_transpose2d_problem(const char* fn, const at::Tensor& input,
   check_bias(fn, input, bias, {out_channels});
   auto pb = conv_geometry(fn, input.size(0), out_channels, out_h, out_w, input.size(1), R, S,
                           stride, padding, dilation, groups);
-  TORCH_INTERNAL_ASSERT(pb.P == input.size(2) && pb.Q == input.size(3));
+  // output_padding below the dilation but not below the stride gives an output
+  // whose convolution has more rows/columns than the input: the transposed
+  // convolution is the adjoint of that convolution cut to its first H x W outputs.
+  TORCH_INTERNAL_ASSERT(pb.P >= input.size(2) && pb.Q >= input.size(3));
+  pb.P = input.size(2);
+  pb.Q = input.size(3);
   return pb;
 }
 
 }  // namespace cnnkit
+
+// --------------------------------------------------------------------------- pooling
+//
+// The rules are PyTorch's (ATen's Pool.h): window p along an axis starts at
+// p * stride - pad and has taps every `dilation` elements; the output size is
+// floor((size + 2 * pad - dilation * (kernel - 1) - 1) / stride) + 1, or the
+// ceiling with ceil_mode, where a last window that would start in the right
+// padding is dropped; padding is at most half the kernel.
+namespace cnnkit {
+namespace {
+
+int64_t floor_div(int64_t a, int64_t b) {  // b > 0
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+int64_t pool_out_size(int64_t size, int64_t kernel, int64_t pad, int64_t stride,
+                      int64_t dilation, bool ceil_mode) {
+  const int64_t span = size + 2 * pad - dilation * (kernel - 1) - 1;
+  int64_t out = floor_div(span + (ceil_mode ? stride - 1 : 0), stride) + 1;
+  if (ceil_mode && (out - 1) * stride >= size + pad) --out;
+  return out;
+}
+
+// Whether every window along one axis has a tap inside the input. Only windows
+// starting in the left padding can miss: with dilation their taps may step over
+// a short input (size 2, kernel 2, dilation 3, padding 1: taps at -1 and 2).
+bool every_window_hits_input(int64_t size, int64_t out, int64_t kernel, int64_t pad,
+                             int64_t stride, int64_t dilation) {
+  for (int64_t p = 0; p < out && p * stride < pad; ++p) {
+    const int64_t start = p * stride - pad;
+    const int64_t first = (-start + dilation - 1) / dilation;  // first tap at or after 0
+    if (first >= kernel || start + first * dilation >= size) return false;
+  }
+  return true;
+}
+
+// 4-D floating input with non-empty planes (N and C may be 0).
+void check_pool_input(const char* fn, const at::Tensor& input) {
+  check_dim(fn, "input", input, "(N, C, H, W)");
+  check_dtype(fn, "input", input);
+  TORCH_CHECK(input.size(2) > 0 && input.size(3) > 0, fn,
+              ": expected input of non-zero height and width, but got shape ", input.sizes());
+}
+
+// The geometry shared by max and average pooling (average: dilation 1).
+Pool2dProblem pool_geometry(const char* fn, const at::Tensor& input, at::IntArrayRef kernel_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, bool ceil_mode) {
+  check_positive_pair(fn, "kernel_size", kernel_size);
+  check_positive_pair(fn, "stride", stride);
+  check_positive_pair(fn, "dilation", dilation);
+  TORCH_CHECK(padding.size() == 2, fn, ": expected padding of 2 entries, but got padding=",
+              padding);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, fn,
+              ": expected padding to be non-negative, but got padding=", padding);
+  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2, fn,
+              ": expected padding to be at most half of kernel_size, but got padding=", padding,
+              " and kernel_size=", kernel_size);
+  Pool2dProblem pb{};
+  pb.N = input.size(0); pb.C = input.size(1); pb.H = input.size(2); pb.W = input.size(3);
+  pb.kernel_h = kernel_size[0]; pb.kernel_w = kernel_size[1];
+  pb.stride_h = stride[0]; pb.stride_w = stride[1];
+  pb.pad_h = padding[0]; pb.pad_w = padding[1];
+  pb.dilation_h = dilation[0]; pb.dilation_w = dilation[1];
+  pb.ceil_mode = ceil_mode;
+  pb.P = pool_out_size(pb.H, pb.kernel_h, pb.pad_h, pb.stride_h, pb.dilation_h, ceil_mode);
+  pb.Q = pool_out_size(pb.W, pb.kernel_w, pb.pad_w, pb.stride_w, pb.dilation_w, ceil_mode);
+  TORCH_CHECK(pb.P >= 1 && pb.Q >= 1, fn, ": expected an output size of at least 1x1, but got ",
+              pb.P, "x", pb.Q, " for input of shape ", input.sizes(), ", kernel_size=",
+              kernel_size, ", stride=", stride, ", padding=", padding, " and dilation=", dilation);
+  TORCH_CHECK(every_window_hits_input(pb.H, pb.P, pb.kernel_h, pb.pad_h, pb.stride_h,
+                                      pb.dilation_h) &&
+                  every_window_hits_input(pb.W, pb.Q, pb.kernel_w, pb.pad_w, pb.stride_w,
+                                          pb.dilation_w),
+              fn, ": expected every pooling window to cover at least one input element, but ",
+              "with kernel_size=", kernel_size, ", padding=", padding, " and dilation=", dilation,
+              " a window of input of shape ", input.sizes(), " covers padding only");
+  return pb;
+}
+
+// A gradient (or indices) tensor must have the shape of the forward's output.
+void check_output_shaped(const char* fn, const char* arg, const at::Tensor& t,
+                         at::IntArrayRef expected) {
+  TORCH_CHECK(t.sizes() == expected, fn, ": expected ", arg, " of shape ", expected,
+              " (the output of the forward), but got shape ", t.sizes());
+}
+
+// Indices of a max pool: int64 on the device of the input.
+void check_indices(const char* fn, const at::Tensor& input, const at::Tensor& indices) {
+  TORCH_CHECK(indices.device() == input.device(), fn,
+              ": expected indices on the device of input (", input.device(), "), but got ",
+              indices.device());
+  TORCH_CHECK(indices.scalar_type() == at::kLong, fn,
+              ": expected indices of dtype torch.int64, but got ",
+              dtype_name(indices.scalar_type()));
+}
+
+// grad_output of a pool of `input`: 4-D, on its device, of its dtype.
+void check_grad_output(const char* fn, const at::Tensor& input, const at::Tensor& grad_output) {
+  check_dim(fn, "grad_output", grad_output, "(N, C, OH, OW)");
+  check_same_device_dtype(fn, "input", input, "grad_output", grad_output);
+}
+
+}  // namespace
+
+Pool2dProblem max_pool2d_problem(const char* fn, const at::Tensor& input,
+                                 at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation,
+                                 bool ceil_mode) {
+  check_pool_input(fn, input);
+  return pool_geometry(fn, input, kernel_size, stride, padding, dilation, ceil_mode);
+}
+
+Pool2dProblem avg_pool2d_problem(const char* fn, const at::Tensor& input,
+                                 at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, bool ceil_mode,
+                                 bool count_include_pad, std::optional<int64_t> divisor_override) {
+  check_pool_input(fn, input);
+  TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, fn,
+              ": expected divisor_override to be non-zero, but got divisor_override=0");
+  const int64_t no_dilation[2] = {1, 1};
+  auto pb = pool_geometry(fn, input, kernel_size, stride, padding, no_dilation, ceil_mode);
+  pb.count_include_pad = count_include_pad;
+  pb.divisor_override = divisor_override.value_or(0);
+  return pb;
+}
+
+Pool2dProblem adaptive_pool2d_problem(const char* fn, const at::Tensor& input,
+                                      at::IntArrayRef output_size) {
+  check_pool_input(fn, input);
+  TORCH_CHECK(output_size.size() == 2, fn,
+              ": expected output_size of 2 entries, but got output_size=", output_size);
+  TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0, fn,
+              ": expected output_size to be non-negative, but got output_size=", output_size);
+  Pool2dProblem pb{};
+  pb.N = input.size(0); pb.C = input.size(1); pb.H = input.size(2); pb.W = input.size(3);
+  pb.P = output_size[0]; pb.Q = output_size[1];
+  return pb;
+}
+
+ChannelPoolProblem channel_max_pool_problem(const char* fn, const at::Tensor& input,
+                                            int64_t pool_size) {
+  check_dim(fn, "input", input, "(N, C, H, W)");
+  check_dtype(fn, "input", input);
+  TORCH_CHECK(pool_size > 0, fn, ": expected pool_size to be positive, but got pool_size=",
+              pool_size);
+  TORCH_CHECK(input.size(1) % pool_size == 0, fn, ": expected input channels (", input.size(1),
+              ") to be divisible by pool_size (", pool_size, ")");
+  return ChannelPoolProblem{input.size(0), input.size(1), input.size(2), input.size(3), pool_size};
+}
+
+Pool2dProblem max_pool2d_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                          const at::Tensor& input, const at::Tensor& indices) {
+  check_pool_input(fn, input);
+  check_grad_output(fn, input, grad_output);
+  check_indices(fn, input, indices);
+  TORCH_CHECK(grad_output.size(0) == input.size(0) && grad_output.size(1) == input.size(1), fn,
+              ": expected grad_output of batch and channels [", input.size(0), ", ",
+              input.size(1), "] (those of input), but got shape ", grad_output.sizes());
+  check_output_shaped(fn, "indices", indices, grad_output.sizes());
+  Pool2dProblem pb{};
+  pb.N = input.size(0); pb.C = input.size(1); pb.H = input.size(2); pb.W = input.size(3);
+  pb.P = grad_output.size(2); pb.Q = grad_output.size(3);
+  return pb;
+}
+
+Pool2dProblem avg_pool2d_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                          const at::Tensor& input, at::IntArrayRef kernel_size,
+                                          at::IntArrayRef stride, at::IntArrayRef padding,
+                                          bool ceil_mode, bool count_include_pad,
+                                          std::optional<int64_t> divisor_override) {
+  auto pb = avg_pool2d_problem(fn, input, kernel_size, stride, padding, ceil_mode,
+                               count_include_pad, divisor_override);
+  check_grad_output(fn, input, grad_output);
+  check_output_shaped(fn, "grad_output", grad_output, {pb.N, pb.C, pb.P, pb.Q});
+  return pb;
+}
+
+Pool2dProblem adaptive_avg_pool2d_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                   const at::Tensor& input) {
+  check_pool_input(fn, input);
+  check_grad_output(fn, input, grad_output);
+  auto pb = adaptive_pool2d_problem(fn, input, grad_output.sizes().slice(2));
+  check_output_shaped(fn, "grad_output", grad_output, {pb.N, pb.C, pb.P, pb.Q});
+  return pb;
+}
+
+ChannelPoolProblem channel_max_pool_backward_problem(const char* fn, const at::Tensor& grad_output,
+                                                     const at::Tensor& input,
+                                                     const at::Tensor& indices,
+                                                     int64_t pool_size) {
+  auto pb = channel_max_pool_problem(fn, input, pool_size);
+  check_grad_output(fn, input, grad_output);
+  check_indices(fn, input, indices);
+  check_output_shaped(fn, "grad_output", grad_output, {pb.N, pb.out_channels(), pb.H, pb.W});
+  check_output_shaped(fn, "indices", indices, {pb.N, pb.out_channels(), pb.H, pb.W});
+  return pb;
+}
 
 }  // namespace cnnkit
