@@ -2,19 +2,52 @@
 // per tile phase with that phase's kernel. Patches are unfolded once per phase
 // (together once per output location), as for a dense convolution.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "cpu/conv2d.h"
+#include "cpu/im2col.h"
+#include "cpu/memory.h"
 #include "problem.h"
 
 namespace cnnkit::cpu {
 namespace {
 
+// Moves the tile axis between innermost and outermost: src (rows, T) ->
+// dst (T, rows), both contiguous. For a weight (K, C/G, R, S, tH, tW) this
+// gives one (K, C/G*R*S) matrix per tile phase, and back for its gradient.
+at::Tensor swap_tile_axis(const at::Tensor& src, int64_t rows, int64_t T, bool tiles_inner) {
+  auto dst = empty_large({src.numel()}, src.options());
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "cnnkit_swap_tile_axis", [&] {
+    const scalar_t* in = src.const_data_ptr<scalar_t>();
+    scalar_t* out = dst.mutable_data_ptr<scalar_t>();
+    // Blocks of kBlock rows: the block's rows x T entries fit in L1, so each
+    // side is read or written in runs of contiguous memory.
+    constexpr int64_t kBlock = 64;
+    at::parallel_for(0, ceil_div(rows, kBlock), 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * kBlock, r1 = std::min(rows, r0 + kBlock);
+        for (int64_t t = 0; t < T; ++t) {
+          for (int64_t r = r0; r < r1; ++r) {
+            if (tiles_inner) {
+              out[t * rows + r] = in[r * T + t];
+            } else {
+              out[r * T + t] = in[t * rows + r];
+            }
+          }
+        }
+      }
+    });
+  });
+  return dst;
+}
+
 // (K, C/G, R, S, tH, tW) -> one (G, K/G, C/G*R*S) matrix per phase (a, b), phase-major.
 at::Tensor tiled_phases(const Conv2dProblem& pb, const at::Tensor& weight) {
-  return weight.permute({4, 5, 0, 1, 2, 3})
-      .contiguous()
-      .view({pb.tile_h * pb.tile_w, pb.groups, pb.group_out_channels(), pb.patch_size()});
+  const int64_t T = pb.tile_h * pb.tile_w;
+  return swap_tile_axis(weight.contiguous(), weight.numel() / T, T, /*tiles_inner=*/true)
+      .view({T, pb.groups, pb.group_out_channels(), pb.patch_size()});
 }
 
 at::Tensor tiled_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -52,10 +85,10 @@ at::Tensor tiled_conv2d_weight_backward_cpu(const at::Tensor& grad_output, const
                                                        stride, padding, dilation, groups);
   at::AutoDispatchBelowADInplaceOrView guard;
   // (tH*tW, G, K/G, C/G*R*S) -> (K, C/G, R, S, tH, tW)
-  return conv_weight_backward(pb, grad_output.contiguous(), input.contiguous())
-      .view({pb.tile_h, pb.tile_w, pb.K, pb.group_in_channels(), pb.R, pb.S})
-      .permute({2, 3, 4, 5, 0, 1})
-      .contiguous();
+  const int64_t T = pb.tile_h * pb.tile_w;
+  const auto phases = conv_weight_backward(pb, grad_output.contiguous(), input.contiguous());
+  return swap_tile_axis(phases, phases.numel() / T, T, /*tiles_inner=*/false)
+      .view({pb.K, pb.group_in_channels(), pb.R, pb.S, pb.tile_h, pb.tile_w});
 }
 
 at::Tensor tiled_conv2d_bias_backward_cpu(const at::Tensor& grad_output, at::IntArrayRef tiles) {
