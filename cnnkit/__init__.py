@@ -12,6 +12,9 @@ from . import _C  # noqa: F401  (loads the kernels and registers torch.ops.cnnki
 from . import _fake  # noqa: F401  (fake kernels for torch.compile)
 from . import _autograd  # noqa: F401  (gradients, double backward included)
 from . import functional, nn  # noqa: E402
+from . import _autocast  # noqa: F401,E402  (torch.autocast rules for every forward op)
+from . import filters  # noqa: E402
+from .convert import ConversionWarning, convert  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -27,4 +30,4 @@ def build_info() -> dict:
     }
 
 
-__all__ = ["functional", "nn", "build_info"]
+__all__ = ["functional", "nn", "filters", "convert", "ConversionWarning", "build_info"]

@@ -1,0 +1,87 @@
+"""The examples keep working: short runs of their training functions and scripts."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def load_example(name):
+    """Import examples/<name>.py as a module (examples/ is not a package)."""
+    if EXAMPLES not in sys.path:
+        sys.path.insert(0, EXAMPLES)  # locally_connected imports train_lenet5_digits
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # The scripts set the thread count for their process; give it back.
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)
+
+
+def assert_png(path):
+    with open(path, "rb") as f:
+        head = f.read(8)
+    assert head == PNG_SIGNATURE and os.path.getsize(path) > 5000, path
+
+
+def test_lenet5_is_built_from_cnnkit_layers():
+    lenet = load_example("train_lenet5_digits")
+    import cnnkit
+
+    model = lenet.LeNet5()
+    kinds = [type(m) for m in model.features if not isinstance(m, torch.nn.ReLU)]
+    assert kinds == [cnnkit.nn.Conv2d, cnnkit.nn.MaxPool2d, cnnkit.nn.Conv2d,
+                     cnnkit.nn.MaxPool2d, cnnkit.nn.Conv2d]
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    assert lenet.count_parameters(model) == 61706
+
+
+def test_lenet5_digits_short_training(tmp_path, capsys):
+    lenet = load_example("train_lenet5_digits")
+    x_train, y_train, x_test, y_test = lenet.load_digits_32()
+    assert x_train.shape == (1347, 1, 32, 32) and x_test.shape == (450, 1, 32, 32)
+    assert 0.0 <= x_train.min() and x_train.max() <= 1.0
+    assert sorted(y_test.unique().tolist()) == list(range(10))
+
+    result = lenet.main(["--epochs", "3", "--out", str(tmp_path)])
+    history = result["history"]
+    assert len(history["loss"]) == 3 and history["loss"][-1] < history["loss"][0]
+    # Chance is 0.1; three epochs reach about 0.9.
+    assert result["test_accuracy"] > 0.75
+    assert result["test_accuracy"] == history["test_accuracy"][-1]
+    assert f"test accuracy: {result['test_accuracy']:.4f}" in capsys.readouterr().out
+    assert_png(tmp_path / "lenet5_digits_curves.png")
+    assert_png(tmp_path / "lenet5_digits_filters.png")
+
+
+def test_locally_connected_short_training(tmp_path, capsys):
+    example = load_example("locally_connected")
+    import cnnkit
+
+    assert type(example.build("local").features[3]) is cnnkit.nn.LocallyConnected2d
+    assert type(example.build("tiled").features[3]) is cnnkit.nn.TiledConv2d
+    results = example.main(["--epochs", "2", "--out", str(tmp_path)])
+    assert {k: v["c3_parameters"] for k, v in results.items()} == {
+        "conv": 2416, "tiled": 9664, "local": 241600}
+    for name, r in results.items():
+        assert r["test_accuracy"] > 0.5, name
+    out = capsys.readouterr().out
+    for name in ("conv", "tiled", "local"):
+        assert f"{name} " in out and f"{results[name]['test_accuracy']:.4f}" in out
+    assert_png(tmp_path / "locally_connected_curves.png")
