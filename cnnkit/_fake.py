@@ -21,12 +21,15 @@ def _shape(t):
     return list(t.shape)
 
 
-def _empty_in_format_of(t, shape):
+def _empty_in_format_of(t, shape, weight=None):
     """An output of `shape` in the memory format the kernels give it: that of
-    `t` (channels_last in, channels_last out), as csrc's `.contiguous(
-    t.suggest_memory_format())`."""
-    return torch.empty(shape, dtype=t.dtype, device=t.device,
-                       memory_format=torch._prims_common.suggest_memory_format(t))
+    `t` (channels_last in, channels_last out), or channels_last when a 4-D
+    `weight` is (csrc's conv_output_format)."""
+    fmt = torch._prims_common.suggest_memory_format(t)
+    if weight is not None and weight.dim() == 4 and \
+            torch._prims_common.suggest_memory_format(weight) == torch.channels_last:
+        fmt = torch.channels_last
+    return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=fmt)
 
 
 def check_dtype(fn, arg, t):
@@ -150,7 +153,7 @@ def _forward_fake(fn, L, input, weight, bias, stride, padding, dilation, groups)
                           dilation, groups)
     L.check_weight(fn, weight, C, groups, P, Q)
     _check_bias(fn, input, bias, L.bias_shape(weight, K, P, Q))
-    return _empty_in_format_of(input, (N, K, P, Q))
+    return _empty_in_format_of(input, (N, K, P, Q), weight)
 
 
 def _input_backward_fake(fn, L, grad_output, weight, input_size, stride, padding, dilation, groups):
@@ -169,7 +172,7 @@ def _input_backward_fake(fn, L, grad_output, weight, input_size, stride, padding
            ": expected grad_output of spatial size [", P, ", ", Q, "] for input_size ", input_size,
            ", but got shape ", _shape(grad_output))
     L.check_weight(fn, weight, C, groups, P, Q)
-    return _empty_in_format_of(grad_output, (grad_output.shape[0], C, *input_size))
+    return _empty_in_format_of(grad_output, (grad_output.shape[0], C, *input_size), weight)
 
 
 def _weight_backward_fake(fn, grad_output, input, kernel_size, stride, padding, dilation, groups):
@@ -317,7 +320,7 @@ def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding,
     C_out = weight.shape[1] * groups
     _check_bias(fn, input, bias, [C_out])
     _conv_geometry(fn, C_out, out_h, out_w, C_in, R, S, stride, padding, dilation, groups)
-    return _empty_in_format_of(input, (N, C_out, out_h, out_w))
+    return _empty_in_format_of(input, (N, C_out, out_h, out_w), weight)
 
 
 # --------------------------------------------------------------------------- pooling

@@ -50,6 +50,13 @@ void check_same_device_dtype(const char* fn, const char* arg, const at::Tensor& 
               dtype_name(other.scalar_type()));
 }
 
+at::MemoryFormat conv_output_format(const at::Tensor& data, const at::Tensor& weight) {
+  const bool channels_last = data.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                             (weight.dim() == 4 &&
+                              weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 namespace {
 
 void check_dim(const char* fn, const char* arg, const at::Tensor& t, int64_t dims,

@@ -75,6 +75,10 @@ void check_dtype(const char* fn, const char* arg, const at::Tensor& t);
 void check_same_device_dtype(const char* fn, const char* arg, const at::Tensor& input,
                              const char* other_arg, const at::Tensor& other);
 
+// The memory format of a convolution's output (or input gradient): channels_last
+// when the data or a 4-D weight is channels_last, as PyTorch's convolutions.
+at::MemoryFormat conv_output_format(const at::Tensor& data, const at::Tensor& weight);
+
 // Convolution geometry. `padding` has 2 entries (top = bottom, left = right) or
 // 4 entries (top, bottom, left, right).
 Conv2dProblem conv2d_problem(const char* fn, const at::Tensor& input, const at::Tensor& weight,

@@ -304,7 +304,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   at::AutoDispatchBelowADInplaceOrView guard;
   const auto b = bias.has_value() ? bias->contiguous().view({1, pb.K}) : at::Tensor();
   auto out = conv_forward(pb, input.contiguous(), dense_phases(pb, weight), b);
-  return out.contiguous(input.suggest_memory_format());
+  return out.contiguous(conv_output_format(input, weight));
 }
 
 at::Tensor conv2d_input_backward_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
@@ -316,7 +316,7 @@ at::Tensor conv2d_input_backward_cpu(const at::Tensor& grad_output, const at::Te
                                                 groups);
   at::AutoDispatchBelowADInplaceOrView guard;
   auto dx = conv_input_backward(pb, grad_output.contiguous(), dense_phases(pb, weight));
-  return dx.contiguous(grad_output.suggest_memory_format());
+  return dx.contiguous(conv_output_format(grad_output, weight));
 }
 
 at::Tensor conv2d_weight_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
@@ -348,7 +348,7 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
   at::AutoDispatchBelowADInplaceOrView guard;
   auto out = conv_input_backward(pb, input.contiguous(), dense_phases(pb, weight));
   if (bias.has_value() && out.numel() > 0) out.add_(bias->view({1, pb.C, 1, 1}));
-  return out.contiguous(input.suggest_memory_format());
+  return out.contiguous(conv_output_format(input, weight));
 }
 
 }  // namespace

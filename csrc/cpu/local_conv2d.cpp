@@ -302,7 +302,7 @@ at::Tensor local_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                                out.mutable_data_ptr<scalar_t>());
     });
   }
-  return out.contiguous(input.suggest_memory_format());
+  return out.contiguous(conv_output_format(input, weight));
 }
 
 at::Tensor local_conv2d_input_backward_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
@@ -321,7 +321,7 @@ at::Tensor local_conv2d_input_backward_cpu(const at::Tensor& grad_output, const 
                                       grad_input.mutable_data_ptr<scalar_t>());
     });
   }
-  return grad_input.contiguous(grad_output.suggest_memory_format());
+  return grad_input.contiguous(conv_output_format(grad_output, weight));
 }
 
 at::Tensor local_conv2d_weight_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,

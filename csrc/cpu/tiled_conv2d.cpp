@@ -61,7 +61,7 @@ at::Tensor tiled_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                      ? bias->permute({1, 2, 0}).contiguous().view({pb.tile_h * pb.tile_w, pb.K})
                      : at::Tensor();
   auto out = conv_forward(pb, input.contiguous(), tiled_phases(pb, weight), b);
-  return out.contiguous(input.suggest_memory_format());
+  return out.contiguous(conv_output_format(input, weight));
 }
 
 at::Tensor tiled_conv2d_input_backward_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
@@ -73,7 +73,7 @@ at::Tensor tiled_conv2d_input_backward_cpu(const at::Tensor& grad_output, const 
                                                       padding, dilation, groups);
   at::AutoDispatchBelowADInplaceOrView guard;
   auto dx = conv_input_backward(pb, grad_output.contiguous(), tiled_phases(pb, weight));
-  return dx.contiguous(grad_output.suggest_memory_format());
+  return dx.contiguous(conv_output_format(grad_output, weight));
 }
 
 at::Tensor tiled_conv2d_weight_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
