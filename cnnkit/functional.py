@@ -30,6 +30,20 @@ _ops = torch.ops.cnnkit
 # --------------------------------------------------------------------------- convolution
 
 
+def _convolve(name, input, weight, bias, stride, padding, dilation, groups, kernel_dims):
+    """Normalise the arguments shared by conv2d, local_conv2d and tiled_conv2d
+    and call the op `name`; the kernel size (for string paddings) sits at
+    `kernel_dims` of the weight."""
+    fn = f"cnnkit.{name}"
+    x, unbatched = batchify(fn, input)
+    stride, dilation = _pair(fn, "stride", stride), _pair(fn, "dilation", dilation)
+    has_kernel = weight.dim() > max(kernel_dims)
+    kernel = tuple(weight.shape[d] for d in kernel_dims) if has_kernel else (1, 1)
+    pad = conv_padding(fn, padding, kernel, stride, dilation)
+    out = getattr(_ops, name)(x, weight, bias, stride, pad, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
 
@@ -45,13 +59,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     Returns:
         ``(N, C_out, OH, OW)`` with ``OH = floor((H + pad_top + pad_bottom - d*(kH-1) - 1) / s) + 1``.
     """
-    fn = "cnnkit.conv2d"
-    x, unbatched = batchify(fn, input)
-    stride, dilation = _pair(fn, "stride", stride), _pair(fn, "dilation", dilation)
-    kernel = tuple(weight.shape[-2:]) if weight.dim() >= 2 else (1, 1)
-    pad = conv_padding(fn, padding, kernel, stride, dilation)
-    out = _ops.conv2d(x, weight, bias, stride, pad, dilation, groups)
-    return out.squeeze(0) if unbatched else out
+    return _convolve("conv2d", input, weight, bias, stride, padding, dilation, groups,
+                     kernel_dims=(2, 3))
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
@@ -94,13 +103,8 @@ def local_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
     Returns:
         ``(N, C_out, OH, OW)``.
     """
-    fn = "cnnkit.local_conv2d"
-    x, unbatched = batchify(fn, input)
-    stride, dilation = _pair(fn, "stride", stride), _pair(fn, "dilation", dilation)
-    kernel = tuple(weight.shape[-2:]) if weight.dim() >= 2 else (1, 1)
-    pad = conv_padding(fn, padding, kernel, stride, dilation)
-    out = _ops.local_conv2d(x, weight, bias, stride, pad, dilation, groups)
-    return out.squeeze(0) if unbatched else out
+    return _convolve("local_conv2d", input, weight, bias, stride, padding, dilation, groups,
+                     kernel_dims=(4, 5))
 
 
 def tiled_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -120,13 +124,8 @@ def tiled_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
     Returns:
         ``(N, C_out, OH, OW)``.
     """
-    fn = "cnnkit.tiled_conv2d"
-    x, unbatched = batchify(fn, input)
-    stride, dilation = _pair(fn, "stride", stride), _pair(fn, "dilation", dilation)
-    kernel = tuple(weight.shape[2:4]) if weight.dim() >= 4 else (1, 1)
-    pad = conv_padding(fn, padding, kernel, stride, dilation)
-    out = _ops.tiled_conv2d(x, weight, bias, stride, pad, dilation, groups)
-    return out.squeeze(0) if unbatched else out
+    return _convolve("tiled_conv2d", input, weight, bias, stride, padding, dilation, groups,
+                     kernel_dims=(2, 3))
 
 
 # --------------------------------------------------------------------------- pooling

@@ -26,7 +26,22 @@ def _full_padding(kernel_size, dilation) -> list:
     return pads
 
 
-class Conv2d(torch.nn.Conv2d):
+class _FullPadding:
+    """The constructor of torch.nn.Conv1d / Conv2d, which also takes
+    padding='full': d*(k-1) on every side (torch.nn has no such string, so the
+    base class is built unpadded and the padding set afterwards)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
+        full = isinstance(padding, str) and padding == "full"
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0 if full else padding,
+                         dilation, groups, bias, padding_mode, device, dtype)
+        if full:
+            self.padding = "full"
+            self._reversed_padding_repeated_twice = _full_padding(self.kernel_size, self.dilation)
+
+
+class Conv2d(_FullPadding, torch.nn.Conv2d):
     r"""2-D convolution over an input of shape ``(N, C_in, H, W)`` or ``(C_in, H, W)``,
     with the constructor of :class:`torch.nn.Conv2d`:
 
@@ -48,15 +63,6 @@ class Conv2d(torch.nn.Conv2d):
           (likewise for ``OW``).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
-        full = isinstance(padding, str) and padding == "full"
-        super().__init__(in_channels, out_channels, kernel_size, stride, 0 if full else padding,
-                         dilation, groups, bias, padding_mode, device, dtype)
-        if full:
-            self.padding = "full"
-            self._reversed_padding_repeated_twice = _full_padding(self.kernel_size, self.dilation)
-
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -65,7 +71,7 @@ class Conv2d(torch.nn.Conv2d):
                          self.groups)
 
 
-class Conv1d(torch.nn.Conv1d):
+class Conv1d(_FullPadding, torch.nn.Conv1d):
     r"""1-D convolution over an input of shape ``(N, C_in, L)`` or ``(C_in, L)``,
     with the constructor of :class:`torch.nn.Conv1d`:
 
@@ -85,15 +91,6 @@ class Conv1d(torch.nn.Conv1d):
         - output: ``(N, C_out, L_out)`` or ``(C_out, L_out)`` with
           ``L_out = floor((L + pad_left + pad_right - dilation*(k-1) - 1) / stride) + 1``.
     """
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
-        full = isinstance(padding, str) and padding == "full"
-        super().__init__(in_channels, out_channels, kernel_size, stride, 0 if full else padding,
-                         dilation, groups, bias, padding_mode, device, dtype)
-        if full:
-            self.padding = "full"
-            self._reversed_padding_repeated_twice = _full_padding(self.kernel_size, self.dilation)
 
     def _conv_forward(self, input, weight, bias):
         if input.dim() not in (2, 3):
