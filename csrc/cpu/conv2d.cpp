@@ -79,11 +79,13 @@ constexpr int64_t kTargetColumns = 1024;
 
 BatchPlan plan_batch(const Conv2dProblem& pb) {
   const auto sub = phase_problem(pb, 0);
+  const int64_t N = std::max<int64_t>(1, pb.N), threads = at::get_num_threads();
   const int64_t columns = std::max<int64_t>(1, sub.P * sub.Q);
-  const int64_t block =
-      std::clamp<int64_t>(ceil_div(kTargetColumns, columns), 1, std::max<int64_t>(1, pb.N));
-  const int64_t blocks = ceil_div(pb.N, block);
-  const int64_t threads = at::get_num_threads();
+  int64_t blocks = ceil_div(N * columns, kTargetColumns);
+  // Enough blocks for every thread to get the same number of samples.
+  if (threads > 1 && blocks >= threads) blocks = ceil_div(blocks, threads) * threads;
+  const int64_t block = ceil_div(N, std::min(blocks, N));
+  blocks = ceil_div(N, block);
   return {block, blocks, (threads > 1 && blocks >= threads) ? threads : 1};
 }
 
