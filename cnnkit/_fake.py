@@ -21,15 +21,15 @@ def _shape(t):
     return list(t.shape)
 
 
-def _empty_in_format_of(t, shape, weight=None):
-    """An output of `shape` in the memory format the kernels give it: that of
-    `t` (channels_last in, channels_last out), or channels_last when a 4-D
-    `weight` is (csrc's conv_output_format)."""
+def _empty_in_format_of(t, shape, weight=None, dtype=None):
+    """An output of `shape` (of `t`'s dtype unless given) in the memory format
+    the kernels give it: that of `t` (channels_last in, channels_last out), or
+    channels_last when a 4-D `weight` is (csrc's conv_output_format)."""
     fmt = torch._prims_common.suggest_memory_format(t)
     if weight is not None and weight.dim() == 4 and \
             torch._prims_common.suggest_memory_format(weight) == torch.channels_last:
         fmt = torch.channels_last
-    return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=fmt)
+    return torch.empty(shape, dtype=dtype or t.dtype, device=t.device, memory_format=fmt)
 
 
 def check_dtype(fn, arg, t):
@@ -417,28 +417,20 @@ def _channel_pool_geometry(fn, input, pool_size):
     return [N, C // pool_size, H, W]
 
 
-def _like_input(input, shape, dtype=None):
-    """An output in the memory format of the input (NCHW or channels_last), as the kernels give."""
-    from torch._prims_common import suggest_memory_format  # ATen's rule, in Python
-
-    return torch.empty(shape, dtype=dtype or input.dtype, device=input.device,
-                       memory_format=suggest_memory_format(input))
-
-
 @torch.library.register_fake("cnnkit::max_pool2d")
 def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     fn = "cnnkit.max_pool2d"
     _check_pool_input(fn, input)
     P, Q = _pool_geometry(fn, input, kernel_size, stride, padding, dilation, ceil_mode)
     shape = [*input.shape[:2], P, Q]
-    return _like_input(input, shape), _like_input(input, shape, torch.int64)
+    return _empty_in_format_of(input, shape), _empty_in_format_of(input, shape, dtype=torch.int64)
 
 
 @torch.library.register_fake("cnnkit::adaptive_max_pool2d")
 def _adaptive_max_pool2d_fake(input, output_size):
     shape = [*input.shape[:2], *_adaptive_geometry("cnnkit.adaptive_max_pool2d", input,
                                                    output_size)]
-    return _like_input(input, shape), _like_input(input, shape, torch.int64)
+    return _empty_in_format_of(input, shape), _empty_in_format_of(input, shape, dtype=torch.int64)
 
 
 @torch.library.register_fake("cnnkit::max_pool2d_backward")
@@ -451,7 +443,7 @@ def _max_pool2d_backward_fake(grad_output, input, indices):
            ": expected grad_output of batch and channels [", input.shape[0], ", ", input.shape[1],
            "] (those of input), but got shape ", _shape(grad_output))
     _check_output_shaped(fn, "indices", indices, grad_output.shape)
-    return _like_input(input, input.shape)
+    return _empty_in_format_of(input, input.shape)
 
 
 @torch.library.register_fake("cnnkit::avg_pool2d")
@@ -462,7 +454,7 @@ def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_inclu
     _check(divisor_override is None or divisor_override != 0, fn,
            ": expected divisor_override to be non-zero, but got divisor_override=0")
     P, Q = _pool_geometry(fn, input, kernel_size, stride, padding, [1, 1], ceil_mode)
-    return _like_input(input, [*input.shape[:2], P, Q])
+    return _empty_in_format_of(input, [*input.shape[:2], P, Q])
 
 
 @torch.library.register_fake("cnnkit::avg_pool2d_backward")
@@ -475,14 +467,14 @@ def _avg_pool2d_backward_fake(grad_output, input, kernel_size, stride, padding, 
     P, Q = _pool_geometry(fn, input, kernel_size, stride, padding, [1, 1], ceil_mode)
     _check_grad_output(fn, input, grad_output)
     _check_output_shaped(fn, "grad_output", grad_output, [*input.shape[:2], P, Q])
-    return _like_input(input, input.shape)
+    return _empty_in_format_of(input, input.shape)
 
 
 @torch.library.register_fake("cnnkit::adaptive_avg_pool2d")
 def _adaptive_avg_pool2d_fake(input, output_size):
     shape = [*input.shape[:2], *_adaptive_geometry("cnnkit.adaptive_avg_pool2d", input,
                                                    output_size)]
-    return _like_input(input, shape)
+    return _empty_in_format_of(input, shape)
 
 
 @torch.library.register_fake("cnnkit::adaptive_avg_pool2d_backward")
@@ -492,13 +484,13 @@ def _adaptive_avg_pool2d_backward_fake(grad_output, input):
     _check_grad_output(fn, input, grad_output)
     output_size = _adaptive_geometry(fn, input, grad_output.shape[2:])
     _check_output_shaped(fn, "grad_output", grad_output, [*input.shape[:2], *output_size])
-    return _like_input(input, input.shape)
+    return _empty_in_format_of(input, input.shape)
 
 
 @torch.library.register_fake("cnnkit::channel_max_pool")
 def _channel_max_pool_fake(input, pool_size):
     shape = _channel_pool_geometry("cnnkit.channel_max_pool", input, pool_size)
-    return _like_input(input, shape), _like_input(input, shape, torch.int64)
+    return _empty_in_format_of(input, shape), _empty_in_format_of(input, shape, dtype=torch.int64)
 
 
 @torch.library.register_fake("cnnkit::channel_max_pool_backward")
@@ -509,4 +501,4 @@ def _channel_max_pool_backward_fake(grad_output, input, indices, pool_size):
     _check_indices(fn, input, indices)
     _check_output_shaped(fn, "grad_output", grad_output, shape)
     _check_output_shaped(fn, "indices", indices, shape)
-    return _like_input(input, input.shape)
+    return _empty_in_format_of(input, input.shape)
