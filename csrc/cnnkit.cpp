@@ -21,31 +21,6 @@
 namespace cnnkit {
 namespace {
 
-constexpr const char* kOpsWithoutCuda[] = {
-    "conv2d",
-    "conv2d_input_backward",
-    "conv2d_weight_backward",
-    "conv2d_bias_backward",
-    "conv_transpose2d",
-    "local_conv2d",
-    "local_conv2d_input_backward",
-    "local_conv2d_weight_backward",
-    "local_conv2d_bias_backward",
-    "tiled_conv2d",
-    "tiled_conv2d_input_backward",
-    "tiled_conv2d_weight_backward",
-    "tiled_conv2d_bias_backward",
-    "max_pool2d",
-    "max_pool2d_backward",
-    "avg_pool2d",
-    "avg_pool2d_backward",
-    "adaptive_max_pool2d",
-    "adaptive_avg_pool2d",
-    "adaptive_avg_pool2d_backward",
-    "channel_max_pool",
-    "channel_max_pool_backward",
-};
-
 #ifdef CNNKIT_WITH_CUDA
 constexpr bool kBuiltWithCuda = true;
 #else
@@ -60,6 +35,24 @@ void no_cuda_kernel(const c10::OperatorHandle& op, torch::jit::Stack* /*stack*/)
   TORCH_CHECK(false, name, ": not built for CUDA: this cnnkit build has no CUDA kernel for ",
               "this operation (CUDA sources compiled: ", kBuiltWithCuda ? "yes" : "no",
               "); move the tensors to the CPU with .cpu() to run it there");
+}
+
+// Gives every cnnkit op without a CUDA kernel the error kernel above for the
+// CUDA key. Runs when the module is imported, after the static registrations
+// of every kernel file, so the ops that lack a CUDA kernel are read off the
+// dispatcher rather than kept in a list. The library object lives as long as
+// the process, as the registrations must.
+void register_missing_cuda_kernels() {
+  static auto* library = new torch::Library(torch::Library::IMPL, "cnnkit", c10::DispatchKey::CUDA,
+                                            __FILE__, __LINE__);
+  for (const auto& name : c10::Dispatcher::singleton().getAllOpNames()) {
+    if (name.name.rfind("cnnkit::", 0) != 0) continue;
+    const auto op = c10::Dispatcher::singleton().findOp(name);
+    if (op.has_value() && !op->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) {
+      library->impl(name.name.substr(std::string("cnnkit::").size()).c_str(),
+                    torch::CppFunction::makeFromBoxedFunction<&no_cuda_kernel>());
+    }
+  }
 }
 
 }  // namespace
@@ -118,14 +111,9 @@ TORCH_LIBRARY(cnnkit, m) {
         "int pool_size) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(cnnkit, CUDA, m) {
-  for (const char* op : cnnkit::kOpsWithoutCuda) {
-    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&cnnkit::no_cuda_kernel>());
-  }
-}
-
 PYBIND11_MODULE(_C, m) {
   m.doc() = "cnnkit compiled kernels; the ops are registered as torch.ops.cnnkit.*";
+  cnnkit::register_missing_cuda_kernels();
   m.attr("with_cuda") = cnnkit::kBuiltWithCuda;
 #ifdef CNNKIT_WITH_CUDA
   m.attr("cuda_version") = std::to_string(CUDA_VERSION / 1000) + "." + std::to_string(CUDA_VERSION / 10 % 100);

@@ -1,0 +1,108 @@
+// Shared pieces of the CUDA kernels: launch geometry, index types, dtype
+// dispatch, accumulation types. Every host function that launches a kernel
+// follows the same order: device guard -> problem (all checks) -> early return
+// on an empty result -> dtype dispatch -> launch on the current stream ->
+// CNNKIT_CHECK_LAUNCH().
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <limits>
+
+#include "problem.h"
+
+namespace cnnkit::cuda {
+
+// Accumulation type: float for float16 / bfloat16 / float32, double for float64.
+template <typename scalar_t>
+using acc_t = at::opmath_type<scalar_t>;
+
+template <typename T>
+CNNKIT_HOST_DEVICE T ceil_div(T a, T b) {
+  return (a + b - 1) / b;
+}
+
+// Floor division and modulo for a possibly negative numerator and a positive
+// denominator (C++ division truncates toward zero).
+CNNKIT_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+// The float16 / bfloat16 / float32 / float64 dispatch of every CUDA kernel (SPEC 3).
+#define CNNKIT_DISPATCH_CUDA_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, TYPE, NAME, \
+                                  __VA_ARGS__)
+
+// After every launch: turns a launch error into a Python exception at once.
+#define CNNKIT_CHECK_LAUNCH() C10_CUDA_KERNEL_LAUNCH_CHECK()
+
+// ATen's CUDA context header is avoided on purpose: it pulls in the cuBLAS and
+// cuSPARSE headers, which a minimal toolkit lacks and no cnnkit kernel uses.
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+// Streaming multiprocessors of the current device.
+inline int64_t multiprocessor_count() {
+  int device = 0, count = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over `n` items: enough to fill the device
+// several times over, never more than the items need.
+inline unsigned int grid_for(int64_t n, int threads = kThreads) {
+  const int64_t wanted = ceil_div<int64_t>(n, threads);
+  const int64_t cap = multiprocessor_count() * 32;
+  return static_cast<unsigned int>(std::max<int64_t>(1, std::min(wanted, cap)));
+}
+
+// Index arithmetic: 32-bit where every tensor involved has fewer than 2^31
+// elements (faster address math), 64-bit otherwise (SPEC 3). Kernels are
+// templated on the index type and the host picks one with this.
+inline bool fits_int32(std::initializer_list<int64_t> numels) {
+  for (int64_t n : numels) {
+    if (n >= std::numeric_limits<int32_t>::max()) return false;
+  }
+  return true;
+}
+
+// Runs `body` with `index_t` = int32_t when fits_int32(numels), else int64_t.
+#define CNNKIT_DISPATCH_INDEX(FITS_INT32, ...) \
+  [&] {                                        \
+    if (FITS_INT32) {                          \
+      using index_t = int32_t;                 \
+      return __VA_ARGS__();                    \
+    } else {                                   \
+      using index_t = int64_t;                 \
+      return __VA_ARGS__();                    \
+    }                                          \
+  }()
+
+// Grid-stride loop over [0, n). The counter is 64-bit so that `i += step`
+// cannot wrap near the end of the range; kernels templated on index_t convert
+// it once (`const index_t idx = i;`) and do their index math in index_t.
+#define CNNKIT_KERNEL_LOOP(i, n)                                                           \
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < static_cast<int64_t>(n); \
+       i += int64_t{blockDim.x} * gridDim.x)
+
+// NaN test that works for every dispatched type (NaN is the only value unequal to itself).
+template <typename T>
+__device__ __forceinline__ bool is_nan(T x) {
+  return x != x;
+}
+
+}  // namespace cnnkit::cuda
