@@ -272,7 +272,8 @@ def _tiled_conv2d_weight_backward_fake(grad_output, input, kernel_size, tiles, s
     check_positive_pair(fn, "tiles", tiles)
     N, C, K, P, Q = _weight_backward_fake(fn, grad_output, input, kernel_size, stride, padding,
                                           dilation, groups)
-    return input.new_empty((K, C // groups, *kernel_size, *tiles))
+    # Stored phase-major, (tH, tW, K, C/g, kH, kW) in memory, as the kernels write it.
+    return input.new_empty((*tiles, K, C // groups, *kernel_size)).permute(2, 3, 4, 5, 0, 1)
 
 
 @torch.library.register_fake("cnnkit::tiled_conv2d_bias_backward")

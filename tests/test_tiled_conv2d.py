@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cnnkit
 import cnnkit.functional as CF
 import reference as ref
 from conftest import (DEVICES, FLOAT_DTYPES, HALF_DTYPES, LAYOUTS, BadCase, assert_close,
@@ -234,6 +235,55 @@ def test_unused_tiles_get_zero_gradient(device):
     assert torch.count_nonzero(gw[..., 3:, :]) == 0 and torch.count_nonzero(gw[..., 3:]) == 0
     assert torch.count_nonzero(gb[:, 3:, :]) == 0 and torch.count_nonzero(gb[:, :, 3:]) == 0
     assert torch.count_nonzero(gw[..., :3, :3]) == gw[..., :3, :3].numel()
+
+
+# --------------------------------------------------------------------------- phase-major weights
+# The kernels read a weight stored phase-major ((tH, tW, C_out, C_in/g, kH, kW)
+# in memory) in place, and the weight gradient comes out in that layout, which
+# TiledConv2d gives its parameter: no pass transposes the weight.
+
+
+def phase_major(w: torch.Tensor) -> torch.Tensor:
+    """`w`'s values, stored phase-major."""
+    return w.permute(4, 5, 0, 1, 2, 3).contiguous().permute(2, 3, 4, 5, 0, 1)
+
+
+def is_phase_major(w: torch.Tensor) -> bool:
+    return w.permute(4, 5, 0, 1, 2, 3).is_contiguous()
+
+
+@pytest.mark.parametrize("pb", by_id("tiles_2x2", "groups2", "anisotropic", "tiles_not_dividing"),
+                         ids=str)
+def test_phase_major_weight_gives_the_same_results(pb, device):
+    x, w, b = tiled_args(pb, torch.float64, device)
+    wp = phase_major(w)
+    assert is_phase_major(wp) and not wp.is_contiguous()
+    assert torch.equal(cnnkit_tiled(pb, x, wp, b), cnnkit_tiled(pb, x, w, b))
+    g = make_tensor(out_shape(pb), torch.float64, device)
+    input_size = list(pb.input_shape[2:])
+    assert torch.equal(ops.tiled_conv2d_input_backward(g, wp, input_size, *op_geometry(pb)),
+                       ops.tiled_conv2d_input_backward(g, w, input_size, *op_geometry(pb)))
+
+
+@pytest.mark.parametrize("pb", by_id("tiles_2x2", "groups2"), ids=str)
+def test_weight_gradient_is_phase_major(pb, device):
+    x, w, b = tiled_args(pb, torch.float64, device)
+    g = make_tensor(out_shape(pb), torch.float64, device)
+    gw = ops.tiled_conv2d_weight_backward(g, x, list(pair(pb.kernel)), list(pair(pb.tiles)),
+                                          *op_geometry(pb))
+    assert is_phase_major(gw)
+
+
+def test_layer_weight_is_phase_major_and_keeps_its_layout(device):
+    layer = cnnkit.nn.TiledConv2d(4, 6, 3, tiles=(2, 3), padding=1, device=device)
+    assert layer.weight.shape == (6, 4, 3, 3, 2, 3) and is_phase_major(layer.weight)
+    layer(make_tensor((2, 4, 8, 9), torch.float32, device)).sum().backward()
+    assert is_phase_major(layer.weight.grad)  # autograd kept the gradient as the kernel wrote it
+    torch.optim.SGD(layer.parameters(), lr=0.1).step()
+    assert is_phase_major(layer.weight)
+    clone = cnnkit.nn.TiledConv2d(4, 6, 3, tiles=(2, 3), padding=1, device=device)
+    clone.load_state_dict(layer.state_dict())
+    assert is_phase_major(clone.weight) and torch.equal(clone.weight, layer.weight)
 
 
 # --------------------------------------------------------------------------- autograd

@@ -64,8 +64,15 @@ class _UnsharedConvBase(torch.nn.Module):
         self._explicit_padding = tuple(explicit)  # (top, bottom, left, right)
         self.padding = padding if isinstance(padding, str) else _pair(fn, "padding", padding)
 
+    # The weight's memory order, as a permutation of its dimensions (outermost
+    # first); None = row-major.
+    _weight_storage_order = None
+
     def _make_parameters(self, weight_shape, bias_shape, bias, factory_kwargs):
-        self.weight = torch.nn.Parameter(torch.empty(weight_shape, **factory_kwargs))
+        order = self._weight_storage_order or tuple(range(len(weight_shape)))
+        stored = torch.empty([weight_shape[d] for d in order], **factory_kwargs)
+        inverse = sorted(range(len(order)), key=order.__getitem__)
+        self.weight = torch.nn.Parameter(stored.permute(inverse))
         if bias:
             self.bias = torch.nn.Parameter(torch.empty(bias_shape, **factory_kwargs))
         else:
@@ -220,6 +227,11 @@ class TiledConv2d(_UnsharedConvBase):
     """
 
     _fn = "cnnkit.nn.TiledConv2d"
+    # Phase-major: (tH, tW, out, in/groups, kH, kW) in memory, so that each
+    # tile's kernel set is one contiguous matrix, which the kernels read in
+    # place, and the weight gradient comes out in the same layout (no
+    # transposing copy of the weight in any pass).
+    _weight_storage_order = (4, 5, 0, 1, 2, 3)
 
     def __init__(self, in_channels, out_channels, kernel_size, tiles, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, device=None, dtype=None):

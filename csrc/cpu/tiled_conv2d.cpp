@@ -14,28 +14,22 @@
 namespace cnnkit::cpu {
 namespace {
 
-// Moves the tile axis between innermost and outermost: src (rows, T) ->
-// dst (T, rows), both contiguous. For a weight (K, C/G, R, S, tH, tW) this
-// gives one (K, C/G*R*S) matrix per tile phase, and back for its gradient.
-at::Tensor swap_tile_axis(const at::Tensor& src, int64_t rows, int64_t T, bool tiles_inner) {
+// Moves the tile axis from innermost to outermost: src (rows, T) -> dst
+// (T, rows), both contiguous. For a weight (K, C/G, R, S, tH, tW) stored
+// row-major this gives one (K, C/G*R*S) matrix per tile phase.
+at::Tensor tiles_outermost(const at::Tensor& src, int64_t rows, int64_t T) {
   auto dst = empty_large({src.numel()}, src.options());
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "cnnkit_swap_tile_axis", [&] {
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "cnnkit_tiles_outermost", [&] {
     const scalar_t* in = src.const_data_ptr<scalar_t>();
     scalar_t* out = dst.mutable_data_ptr<scalar_t>();
-    // Blocks of kBlock rows: the block's rows x T entries fit in L1, so each
-    // side is read or written in runs of contiguous memory.
+    // Blocks of kBlock rows: the block's rows x T entries fit in L1, so both
+    // sides are read or written in runs of contiguous memory.
     constexpr int64_t kBlock = 64;
     at::parallel_for(0, ceil_div(rows, kBlock), 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * kBlock, r1 = std::min(rows, r0 + kBlock);
         for (int64_t t = 0; t < T; ++t) {
-          for (int64_t r = r0; r < r1; ++r) {
-            if (tiles_inner) {
-              out[t * rows + r] = in[r * T + t];
-            } else {
-              out[r * T + t] = in[t * rows + r];
-            }
-          }
+          for (int64_t r = r0; r < r1; ++r) out[t * rows + r] = in[r * T + t];
         }
       }
     });
@@ -43,11 +37,17 @@ at::Tensor swap_tile_axis(const at::Tensor& src, int64_t rows, int64_t T, bool t
   return dst;
 }
 
-// (K, C/G, R, S, tH, tW) -> one (G, K/G, C/G*R*S) matrix per phase (a, b), phase-major.
+// (K, C/G, R, S, tH, tW) -> one (G, K/G, C/G*R*S) matrix per phase (a, b),
+// phase-major. A weight stored phase-major (the layout TiledConv2d gives its
+// parameter, and the weight gradient's layout) is that matrix already: a view,
+// no copy. Any other layout is transposed.
 at::Tensor tiled_phases(const Conv2dProblem& pb, const at::Tensor& weight) {
   const int64_t T = pb.tile_h * pb.tile_w;
-  return swap_tile_axis(weight.contiguous(), weight.numel() / T, T, /*tiles_inner=*/true)
-      .view({T, pb.groups, pb.group_out_channels(), pb.patch_size()});
+  const auto phase_major = weight.permute({4, 5, 0, 1, 2, 3});
+  const auto phases = phase_major.is_contiguous()
+                          ? phase_major
+                          : tiles_outermost(weight.contiguous(), weight.numel() / T, T);
+  return phases.view({T, pb.groups, pb.group_out_channels(), pb.patch_size()});
 }
 
 at::Tensor tiled_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -84,11 +84,11 @@ at::Tensor tiled_conv2d_weight_backward_cpu(const at::Tensor& grad_output, const
                                                        grad_output, input, kernel_size, tiles,
                                                        stride, padding, dilation, groups);
   at::AutoDispatchBelowADInplaceOrView guard;
-  // (tH*tW, G, K/G, C/G*R*S) -> (K, C/G, R, S, tH, tW)
-  const int64_t T = pb.tile_h * pb.tile_w;
-  const auto phases = conv_weight_backward(pb, grad_output.contiguous(), input.contiguous());
-  return swap_tile_axis(phases, phases.numel() / T, T, /*tiles_inner=*/false)
-      .view({pb.K, pb.group_in_channels(), pb.R, pb.S, pb.tile_h, pb.tile_w});
+  // (tH*tW, G, K/G, C/G*R*S), returned as the (K, C/G, R, S, tH, tW) tensor
+  // it is, stored phase-major: no transposing copy.
+  return conv_weight_backward(pb, grad_output.contiguous(), input.contiguous())
+      .view({pb.tile_h, pb.tile_w, pb.K, pb.group_in_channels(), pb.R, pb.S})
+      .permute({2, 3, 4, 5, 0, 1});
 }
 
 at::Tensor tiled_conv2d_bias_backward_cpu(const at::Tensor& grad_output, at::IntArrayRef tiles) {
