@@ -33,6 +33,7 @@
 
 #include "cpu/conv2d.h"
 #include "cpu/im2col.h"
+#include "cpu/memory.h"
 #include "problem.h"
 
 namespace cnnkit::cpu {
@@ -236,8 +237,12 @@ at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_
                                 const at::Tensor& input) {
   const int64_t G = pb.groups, Kg = pb.group_out_channels(), T = phase_count(pb);
   const auto plan = plan_batch(pb);
-  // One partial sum per chunk of blocks, added in chunk order below.
-  auto partial = at::zeros({plan.chunks, T, G, Kg, pb.patch_size()}, input.options());
+  // One partial sum per chunk of blocks, added in chunk order below. A
+  // chunk's first block of a phase writes its product (beta = 0) instead of
+  // adding to zeros: no pass to zero the buffer, no read of those zeros;
+  // slices no block wrote are zeroed at the end.
+  auto partial = empty_large({plan.chunks, T, G, Kg, pb.patch_size()}, input.options());
+  std::vector<char> written(plan.chunks * T, 0);  // entry (chunk, phase): its own thread's
   if (pb.N > 0) {
     for_each_block(pb, plan, [&](int64_t chunk, int64_t n0, int64_t n1) {
       auto scratch = patch_scratch(pb, plan, input);
@@ -247,13 +252,22 @@ at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_
         const auto g = phase_columns(pb, grad_output, ph, n0, n1 - n0);
         const auto col_t = patches(sub, input, n0, n1 - n0, scratch).transpose(1, 2);
         auto acc = partial.select(0, chunk).select(0, ph);
-        if (G == 1) {
+        char& first = written[chunk * T + ph];
+        if (!first) {
+          grouped_mm(acc, g, col_t);
+          first = 1;
+        } else if (G == 1) {
           acc.select(0, 0).addmm_(g.select(0, 0), col_t.select(0, 0));
         } else {
           acc.baddbmm_(g, col_t);
         }
       }
     });
+  }
+  for (int64_t c = 0; c < plan.chunks; ++c) {
+    for (int64_t ph = 0; ph < T; ++ph) {
+      if (!written[c * T + ph]) partial.select(0, c).select(0, ph).zero_();
+    }
   }
   auto grad_weight = partial.select(0, 0);
   for (int64_t c = 1; c < plan.chunks; ++c) grad_weight.add_(partial.select(0, c));
