@@ -52,6 +52,18 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """gradcheck / gradgradcheck call the ops thousands of times on tensors of a
+    few dozen elements, where intra-op threads only add a thread wake-up per
+    call (milliseconds each when the machine is loaded). The threaded paths
+    are exercised by every other test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------- tensors
 
 FLOAT_DTYPES = [torch.float32, torch.float64]

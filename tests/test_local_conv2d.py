@@ -1,9 +1,10 @@
-"""local_conv2d (SPEC 1.3, unshared convolution) and its three gradient views,
-the dispatcher ops local_conv2d_input_backward, local_conv2d_weight_backward and
-local_conv2d_bias_backward: forward against the float64 reference written from
-the SPEC formula (tests/reference.py), gradients, gradcheck / gradgradcheck,
-opcheck, torch.compile, the identity with conv2d, argument errors (kernel and
-fake kernel alike) and a property test over random configurations."""
+"""local_conv2d (SPEC 1.3, unshared convolution) beyond what every
+convolution op shares (tests/test_conv_families.py: forward against the
+float64 reference written from the SPEC formula, gradient views
+local_conv2d_input_backward / local_conv2d_weight_backward /
+local_conv2d_bias_backward, gradients, gradcheck, opcheck, property test):
+the reference itself against the formula, the identity with conv2d,
+torch.compile, and argument errors (kernel and fake kernel alike)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,54 +12,15 @@ import itertools
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import cnnkit.functional as CF
 import reference as ref
-from conftest import (DEVICES, FLOAT_DTYPES, HALF_DTYPES, LAYOUTS, BadCase, assert_close,
-                      bad_case_params, check_bad_case, make_tensor)
-from problems import GRADCHECK_LOCAL_PROBLEMS, LOCAL_PROBLEMS, LocalProblem, pair
+from conftest import BadCase, assert_close, bad_case_params, check_bad_case, make_tensor
+from conv_family import CONV2D, LOCAL, check_compiled_equals_eager, view_bad_cases
+from problems import pair
 
 ops = torch.ops.cnnkit
 F64 = torch.float64
-
-
-def by_id(*ids):
-    table = {pb.id: pb for pb in LOCAL_PROBLEMS + GRADCHECK_LOCAL_PROBLEMS}
-    return [table[i] for i in ids]
-
-
-def op_only(pb):
-    """Problems with 4-entry padding, which only the dispatcher op takes."""
-    return isinstance(pb.padding, tuple) and len(pb.padding) == 4
-
-
-def local_args(pb: LocalProblem, dtype, device, layout="contiguous", requires_grad=False):
-    x = make_tensor(pb.input_shape, dtype, device, layout, requires_grad)
-    w = make_tensor(pb.weight_shape, dtype, device, layout, requires_grad)
-    b = make_tensor(pb.bias_shape, dtype, device, layout, requires_grad) if pb.bias else None
-    return x, w, b
-
-
-def op_geometry(pb):
-    """(stride, padding, dilation, groups) as the dispatcher ops take them."""
-    return (list(pair(pb.stride)), ref.op_padding(pb.padding, pb.kernel, pb.dilation),
-            list(pair(pb.dilation)), pb.groups)
-
-
-def out_shape(pb):
-    return (pb.N, pb.K, *pb.out_size)
-
-
-def cnnkit_local(pb, x, w, b=None):
-    if op_only(pb):
-        return ops.local_conv2d(x, w, b, *op_geometry(pb))
-    return CF.local_conv2d(x, w, b, pb.stride, pb.padding, pb.dilation, pb.groups)
-
-
-def reference_local(pb, x, w, b=None):
-    return ref.local_conv2d_ref(x, w, b, pb.stride, pb.padding, pb.dilation, pb.groups)
 
 
 # --------------------------------------------------------------------------- the reference
@@ -82,262 +44,38 @@ def _direct_local(x, w, b, stride, padding, dilation, groups):
     return z
 
 
-@pytest.mark.parametrize("pb", by_id("same_dilated", "pad_gt_kernel_strided", "depthwise_mult2",
-                                     "pad4_asymmetric"), ids=str)
+@pytest.mark.parametrize("pb", LOCAL.by_id("same_dilated", "pad_gt_kernel_strided",
+                                           "depthwise_mult2", "pad4_asymmetric"), ids=str)
 def test_reference_is_the_spec_formula(pb):
     # The unfold + einsum reference against the formula evaluated literally,
     # so that the reference itself is tested (asymmetric padding, windows in
     # the padding, groups, stride and dilation).
     pb = dataclasses.replace(pb, N=1)
-    x, w, b = local_args(pb, F64, "cpu")
+    x, w, b = LOCAL.args(pb, F64, "cpu")
     want = _direct_local(x, w, b, pb.stride, pb.padding, pb.dilation, pb.groups)
-    torch.testing.assert_close(reference_local(pb, x, w, b), want, rtol=1e-12, atol=1e-12)
-
-
-# --------------------------------------------------------------------------- forward
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("pb", LOCAL_PROBLEMS, ids=str)
-def test_forward(pb, dtype, layout, device):
-    x, w, b = local_args(pb, dtype, device, layout)
-    y = cnnkit_local(pb, x, w, b)
-    assert y.dtype == dtype and y.device == x.device
-    assert tuple(y.shape) == out_shape(pb)
-    assert_close(y, reference_local(pb, x, w, b), dtype)
-
-
-UNBATCHED_PROBLEMS = by_id("basic_3x3", "same_even", "groups2", "anisotropic", "full", "no_bias")
-
-
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("pb", UNBATCHED_PROBLEMS, ids=str)
-def test_unbatched_input(pb, dtype, device):
-    # A 3-D (C, H, W) input is one sample: output (C_out, OH, OW), input
-    # gradient of the input's 3-D shape.
-    pb = dataclasses.replace(pb, N=1)
-    x, w, b = local_args(pb, dtype, device)
-    x3 = x[0].detach().requires_grad_()
-    y = CF.local_conv2d(x3, w, b, pb.stride, pb.padding, pb.dilation, pb.groups)
-    assert tuple(y.shape) == out_shape(pb)[1:]
-    assert_close(y, reference_local(pb, x, w, b)[0], dtype)
-    g = make_tensor(y.shape, dtype, device)
-    (gx,) = torch.autograd.grad(y, x3, g)
-    assert tuple(gx.shape) == pb.input_shape[1:]
-    gx_ref = ref.local_conv2d_input_backward_ref(g[None], w, (pb.H, pb.W), pb.stride, pb.padding,
-                                                 pb.dilation, pb.groups)[0]
-    assert_close(gx, gx_ref, dtype)
-
-
-@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
-@pytest.mark.parametrize("pb", by_id("basic_3x3", "groups3_stride2", "same_even",
-                                     "depthwise_mult2", "long_reduction"), ids=str)
-def test_forward_half_cuda(pb, dtype, cuda_device):
-    # float16 / bfloat16 on CUDA accumulate in float32: only the final rounding
-    # separates them from the float64 reference of the same (rounded) inputs.
-    x, w, b = local_args(pb, dtype, cuda_device)
-    y = cnnkit_local(pb, x, w, b)
-    assert y.dtype == dtype
-    assert_close(y, reference_local(pb, x, w, b), dtype)
-
-
-# --------------------------------------------------------------------------- gradient views
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("pb", LOCAL_PROBLEMS, ids=str)
-def test_input_backward_op(pb, dtype, layout, device):
-    g = make_tensor(out_shape(pb), dtype, device, layout)
-    w = make_tensor(pb.weight_shape, dtype, device, layout)
-    gx = ops.local_conv2d_input_backward(g, w, [pb.H, pb.W], *op_geometry(pb))
-    assert gx.dtype == dtype and gx.device == g.device
-    assert_close(gx, ref.local_conv2d_input_backward_ref(g, w, (pb.H, pb.W), pb.stride,
-                                                         pb.padding, pb.dilation, pb.groups),
-                 dtype)
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("pb", LOCAL_PROBLEMS, ids=str)
-def test_weight_backward_op(pb, dtype, layout, device):
-    g = make_tensor(out_shape(pb), dtype, device, layout)
-    x = make_tensor(pb.input_shape, dtype, device, layout)
-    kernel = list(pair(pb.kernel))
-    gw = ops.local_conv2d_weight_backward(g, x, kernel, *op_geometry(pb))
-    assert gw.dtype == dtype and gw.device == g.device
-    assert tuple(gw.shape) == pb.weight_shape
-    assert_close(gw, ref.local_conv2d_weight_backward_ref(g, x, kernel, pb.stride, pb.padding,
-                                                          pb.dilation, pb.groups), dtype)
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("pb", LOCAL_PROBLEMS, ids=str)
-def test_bias_backward_op(pb, dtype, layout, device):
-    g = make_tensor(out_shape(pb), dtype, device, layout)
-    gb = ops.local_conv2d_bias_backward(g)
-    assert gb.dtype == dtype and gb.device == g.device
-    assert tuple(gb.shape) == pb.bias_shape
-    assert_close(gb, ref.local_conv2d_bias_backward_ref(g), dtype)
-
-
-@pytest.mark.parametrize("pb", by_id("anisotropic", "groups3_stride2", "same_even"), ids=str)
-def test_views_are_adjoint(pb, device):
-    # <Z(V, W), G> = <V, input_backward(G, W)> = <W, weight_backward(G, V)>: the
-    # three views are one bilinear form, checked on the kernels alone.
-    x, w, _ = local_args(pb, F64, device)
-    g = make_tensor(out_shape(pb), F64, device)
-    geo = op_geometry(pb)
-    z = ops.local_conv2d(x, w, None, *geo)
-    gx = ops.local_conv2d_input_backward(g, w, [pb.H, pb.W], *geo)
-    gw = ops.local_conv2d_weight_backward(g, x, list(pair(pb.kernel)), *geo)
-    form = (z * g).sum()
-    torch.testing.assert_close((x * gx).sum(), form, rtol=1e-12, atol=1e-10)
-    torch.testing.assert_close((w * gw).sum(), form, rtol=1e-12, atol=1e-10)
-
-
-# --------------------------------------------------------------------------- autograd
-
-
-def _reference_grads(pb, leaves, g):
-    leaves_ref = [t.detach().to(F64).clone().requires_grad_() for t in leaves]
-    y_ref = ref.local_conv2d(*leaves_ref[:2], leaves_ref[2] if pb.bias else None, pb.stride,
-                             pb.padding, pb.dilation, pb.groups)
-    return y_ref, torch.autograd.grad(y_ref, leaves_ref, g.to(F64))
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("pb", LOCAL_PROBLEMS, ids=str)
-def test_gradients_match_reference(pb, layout, device):
-    x, w, b = local_args(pb, F64, device, layout, requires_grad=True)
-    leaves = [t for t in (x, w, b) if t is not None]
-    y = cnnkit_local(pb, x, w, b)
-    g = make_tensor(y.shape, F64, device, layout)
-    grads = torch.autograd.grad(y, leaves, g)
-    _, grads_ref = _reference_grads(pb, leaves, g)
-    for name, got, want in zip(("input", "weight", "bias"), grads, grads_ref):
-        assert got.shape == want.shape, name
-        assert_close(got, want, F64)
-
-
-@pytest.mark.parametrize("pb", by_id("basic_3x3", "anisotropic", "same_even", "depthwise_mult2",
-                                     "batch0"), ids=str)
-def test_backward_of_sum(pb, device):
-    # y.sum().backward() hands the backward an expanded scalar: a grad_output
-    # whose strides are all 0.
-    x, w, b = local_args(pb, F64, device, requires_grad=True)
-    cnnkit_local(pb, x, w, b).sum().backward()
-    leaves_ref = [t.detach().clone().requires_grad_() for t in (x, w, b)]
-    ref.local_conv2d(*leaves_ref, pb.stride, pb.padding, pb.dilation, pb.groups).sum().backward()
-    for got, want in zip((x, w, b), leaves_ref):
-        assert_close(got.grad, want.grad, F64)
-
-
-@pytest.mark.parametrize("wanted", ["input", "weight", "bias"])
-def test_gradient_of_one_argument(wanted, device):
-    # Only one argument requires grad (a frozen layer, a fixed input).
-    pb = by_id("groups3_stride2")[0]
-    x, w, b = local_args(pb, F64, device)
-    args = {"input": x, "weight": w, "bias": b}
-    args[wanted].requires_grad_()
-    y = cnnkit_local(pb, args["input"], args["weight"], args["bias"])
-    g = make_tensor(y.shape, F64, device)
-    (got,) = torch.autograd.grad(y, args[wanted], g)
-    if wanted == "input":
-        want = ref.local_conv2d_input_backward_ref(g, w, (pb.H, pb.W), pb.stride, pb.padding,
-                                                   pb.dilation, pb.groups)
-    elif wanted == "weight":
-        want = ref.local_conv2d_weight_backward_ref(g, x, pair(pb.kernel), pb.stride, pb.padding,
-                                                    pb.dilation, pb.groups)
-    else:
-        want = ref.local_conv2d_bias_backward_ref(g)
-    assert_close(got, want, F64)
-
-
-def _functional(pb):
-    def f(x, w, b=None):
-        return cnnkit_local(pb, x, w, b)
-    return f
-
-
-@pytest.fixture
-def one_thread():
-    """gradcheck / gradgradcheck call the ops thousands of times on tensors of a
-    few dozen elements, where intra-op threads only add a thread wake-up per
-    call (milliseconds each when the machine is loaded). The threaded paths
-    are exercised by every other test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.parametrize("pb", GRADCHECK_LOCAL_PROBLEMS, ids=str)
-def test_gradcheck_local_conv2d(pb, device, one_thread):
-    x, w, b = local_args(pb, F64, device, requires_grad=True)
-    args = (x, w) if b is None else (x, w, b)
-    assert torch.autograd.gradcheck(_functional(pb), args)
-    assert torch.autograd.gradgradcheck(_functional(pb), args)
-
-
-@pytest.mark.parametrize("pb", GRADCHECK_LOCAL_PROBLEMS, ids=str)
-def test_gradcheck_input_backward(pb, device, one_thread):
-    # dV = T(G, W) is bilinear: its gradients are local_conv2d (in G) and the
-    # weight gradient (in W); gradgradcheck differentiates those in turn.
-    g = make_tensor(out_shape(pb), F64, device, requires_grad=True)
-    w = make_tensor(pb.weight_shape, F64, device, requires_grad=True)
-
-    def f(g, w):
-        return ops.local_conv2d_input_backward(g, w, [pb.H, pb.W], *op_geometry(pb))
-
-    assert torch.autograd.gradcheck(f, (g, w))
-    assert torch.autograd.gradgradcheck(f, (g, w))
-
-
-@pytest.mark.parametrize("pb", GRADCHECK_LOCAL_PROBLEMS, ids=str)
-def test_gradcheck_weight_backward(pb, device, one_thread):
-    g = make_tensor(out_shape(pb), F64, device, requires_grad=True)
-    x = make_tensor(pb.input_shape, F64, device, requires_grad=True)
-
-    def f(g, x):
-        return ops.local_conv2d_weight_backward(g, x, list(pair(pb.kernel)), *op_geometry(pb))
-
-    assert torch.autograd.gradcheck(f, (g, x))
-    assert torch.autograd.gradgradcheck(f, (g, x))
-
-
-@pytest.mark.parametrize("pb", GRADCHECK_LOCAL_PROBLEMS[:2], ids=str)
-def test_gradcheck_bias_backward(pb, device, one_thread):
-    g = make_tensor(out_shape(pb), F64, device, requires_grad=True)
-    assert torch.autograd.gradcheck(ops.local_conv2d_bias_backward, (g,))
-    assert torch.autograd.gradgradcheck(ops.local_conv2d_bias_backward, (g,))
+    torch.testing.assert_close(LOCAL.reference_output(pb, x, w, b), want, rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- identity with conv2d
 
 
-@pytest.mark.parametrize("pb", by_id("basic_3x3", "anisotropic", "groups3_stride2", "same_even",
-                                     "full_dilated_strided", "pad_gt_kernel_strided", "no_bias"),
-                         ids=str)
+@pytest.mark.parametrize("pb", LOCAL.by_id("basic_3x3", "anisotropic", "groups3_stride2",
+                                           "same_even", "full_dilated_strided",
+                                           "pad_gt_kernel_strided", "no_bias"), ids=str)
 def test_shared_weights_equal_conv2d(pb, device):
     # SPEC 1.4: local_conv2d whose weights (and biases) are equal at every
     # location is conv2d. The location axes are an expand() of the dense
     # kernel, so autograd sums the local weight gradient over locations: that
     # sum must be conv2d's weight gradient (likewise for the bias).
-    x, _, _ = local_args(pb, F64, device, requires_grad=True)
+    x, _, _ = LOCAL.args(pb, F64, device, requires_grad=True)
     P, Q = pb.out_size
     k = make_tensor((pb.K, pb.C // pb.groups, *pair(pb.kernel)), F64, device, requires_grad=True)
     b = make_tensor((pb.K,), F64, device, requires_grad=True) if pb.bias else None
     w_local = k[:, None, None].expand(pb.K, P, Q, *k.shape[1:])
     b_local = None if b is None else b[:, None, None].expand(pb.K, P, Q)
-    y_local = cnnkit_local(pb, x, w_local, b_local)
+    y_local = LOCAL.call(pb, x, w_local, b_local)
     x2 = x.detach().clone().requires_grad_()
-    if op_only(pb):
-        y_conv = ops.conv2d(x2, k, b, *op_geometry(pb))
-    else:
-        y_conv = CF.conv2d(x2, k, b, pb.stride, pb.padding, pb.dilation, pb.groups)
+    y_conv = CONV2D.call(pb, x2, k, b)
     assert_close(y_local, y_conv, F64)
     g = make_tensor(y_local.shape, F64, device)
     leaves = [k] + ([b] if b is not None else [])
@@ -345,61 +83,6 @@ def test_shared_weights_equal_conv2d(pb, device):
     grads_conv = torch.autograd.grad(y_conv, [x2] + leaves, g)
     for got, want in zip(grads_local, grads_conv):
         assert_close(got, want, F64)
-
-
-# --------------------------------------------------------------------------- determinism
-
-
-def test_deterministic(device):
-    # SPEC 3: same inputs, same outputs, bit for bit, forward and backward.
-    pb = by_id("remainders")[0]
-    results = []
-    for _ in range(2):
-        torch.manual_seed(1)
-        x, w, b = local_args(pb, torch.float32, device, requires_grad=True)
-        y = cnnkit_local(pb, x, w, b)
-        y.backward(make_tensor(y.shape, torch.float32, device))
-        results.append([y, x.grad, w.grad, b.grad])
-    for first, second in zip(*results):
-        assert torch.equal(first, second)
-
-
-# --------------------------------------------------------------------------- opcheck
-
-
-# (problem, layout, AOT): AOT dispatch with dynamic shapes (the slow part of
-# opcheck) on a contiguous and a channels_last case; schema, autograd
-# registration and fake-kernel checks on every case.
-OPCHECK_CASES = [pytest.param(pb, layout, aot, id=f"{pb.id}-{layout}") for pb, layout, aot in [
-    (by_id("basic_3x3")[0], "contiguous", True), (by_id("same_even")[0], "contiguous", False),
-    (by_id("groups3_stride2")[0], "sliced", False), (by_id("batch0")[0], "contiguous", False),
-    (by_id("anisotropic")[0], "channels_last", True)]]
-
-
-def _opcheck_args(name, pb, layout, device):
-    def t(shape):
-        return make_tensor(shape, F64, device, layout, requires_grad=True)
-
-    geo = op_geometry(pb)
-    if name == "local_conv2d":
-        return (t(pb.input_shape), t(pb.weight_shape), t(pb.bias_shape) if pb.bias else None,
-                *geo)
-    if name == "local_conv2d_input_backward":
-        return (t(out_shape(pb)), t(pb.weight_shape), [pb.H, pb.W], *geo)
-    if name == "local_conv2d_weight_backward":
-        return (t(out_shape(pb)), t(pb.input_shape), list(pair(pb.kernel)), *geo)
-    return (t(out_shape(pb)),)
-
-
-@pytest.mark.parametrize("name", ["local_conv2d", "local_conv2d_input_backward",
-                                  "local_conv2d_weight_backward", "local_conv2d_bias_backward"])
-@pytest.mark.parametrize("pb,layout,aot", OPCHECK_CASES)
-def test_opcheck(name, pb, layout, aot, device):
-    # Schema, autograd registration, fake kernel against the real one (shapes,
-    # strides, dtypes), and AOT dispatch with dynamic shapes.
-    utils = ["test_schema", "test_autograd_registration", "test_faketensor"]
-    torch.library.opcheck(getattr(ops, name).default, _opcheck_args(name, pb, layout, device),
-                          test_utils=utils + ["test_aot_dispatch_dynamic"] if aot else utils)
 
 
 # --------------------------------------------------------------------------- torch.compile
@@ -413,19 +96,8 @@ def test_torch_compile_fullgraph(device):
         y = torch.tanh(CF.local_conv2d(x, w1, b1, padding="same"))
         return CF.local_conv2d(y, w2, None, stride=2, padding=1, groups=2)
 
-    torch._dynamo.reset()
-    compiled = torch.compile(block, fullgraph=True, dynamic=False)
-    shapes = [(2, 3, 7, 6), (4, 7, 6, 3, 2, 2), (4, 7, 6), (6, 4, 3, 2, 3, 3)]
-    eager_args = [make_tensor(s, torch.float32, device, requires_grad=True) for s in shapes]
-    comp_args = [a.detach().clone().requires_grad_() for a in eager_args]
-    y_eager, y_comp = block(*eager_args), compiled(*comp_args)
-    assert_close(y_comp, y_eager, torch.float32)
-    g = make_tensor(y_eager.shape, torch.float32, device)
-    y_eager.backward(g)
-    y_comp.backward(g)
-    for a, c in zip(eager_args, comp_args):
-        assert_close(c.grad, a.grad, torch.float32)
-    torch._dynamo.reset()
+    check_compiled_equals_eager(block, [(2, 3, 7, 6), (4, 7, 6, 3, 2, 2), (4, 7, 6),
+                                        (6, 4, 3, 2, 3, 3)], device)
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -552,8 +224,7 @@ LOCAL_BAD_CASES = [
             f"{FN}: expected input to be a torch.Tensor, but got list"),
 ]
 
-FN_IB, FN_WB, FN_BB = ("cnnkit.local_conv2d_input_backward", "cnnkit.local_conv2d_weight_backward",
-                       "cnnkit.local_conv2d_bias_backward")
+FN_IB, FN_WB = "cnnkit.local_conv2d_input_backward", "cnnkit.local_conv2d_weight_backward"
 G1 = ([1, 1], [0, 0], [1, 1], 1)  # stride, padding, dilation, groups
 
 
@@ -565,6 +236,8 @@ def _wb(g, x, kernel_size, geo=G1):
     return ops.local_conv2d_weight_backward(g, x, kernel_size, *geo)
 
 
+# The gradient views: errors of their own, then those the three convolutions
+# share (tests/conv_family.py).
 GRAD_VIEW_BAD_CASES = [
     BadCase("ib_grad_output_3d", lambda t: _ib(t(2, 3, 3), t(2, 3, 3, 3, 3, 3), [5, 5]),
             RuntimeError, f"{FN_IB}: expected 4D grad_output (N, C_out, OH, OW), but got shape "
@@ -597,28 +270,9 @@ GRAD_VIEW_BAD_CASES = [
     BadCase("ib_kernel_too_large", lambda t: _ib(t(1, 2, 1, 1), t(2, 1, 1, 3, 3, 3), [2, 2]),
             RuntimeError, f"{FN_IB}: expected the kernel (3x3 after dilation) to fit in the padded "
             "input (2x2), but it is larger"),
-    BadCase("wb_input_3d", lambda t: _wb(t(1, 2, 3, 3), t(3, 5, 5), [3, 3]), RuntimeError,
-            f"{FN_WB}: expected 4D input (N, C, H, W), but got shape [3, 5, 5]"),
-    BadCase("wb_float16", lambda t: _wb(t(1, 2, 3, 3, dtype=torch.float16),
-                                        t(1, 3, 5, 5, dtype=torch.float16), [3, 3]), RuntimeError,
-            f"{FN_WB}: expected input of dtype torch.float32 or torch.float64, but got "
-            "torch.float16", devices=("cpu", "meta")),
-    BadCase("wb_grad_dtype", lambda t: _wb(t(1, 2, 3, 3, dtype=torch.float64), t(1, 3, 5, 5),
-                                           [3, 3]), RuntimeError,
-            f"{FN_WB}: expected grad_output of the dtype of input (torch.float32), but got "
-            "torch.float64"),
-    BadCase("wb_batch_mismatch", lambda t: _wb(t(1, 2, 3, 3), t(2, 3, 5, 5), [3, 3]),
-            RuntimeError, f"{FN_WB}: expected grad_output.shape[0] = input.shape[0] = 2, but got "
-            "grad_output of shape [1, 2, 3, 3]"),
-    BadCase("wb_spatial_mismatch", lambda t: _wb(t(2, 2, 3, 4), t(2, 4, 5, 5), [3, 3]),
-            RuntimeError, f"{FN_WB}: expected grad_output of spatial size [3, 3] for input of "
-            "shape [2, 4, 5, 5], but got shape [2, 2, 3, 4]"),
     BadCase("wb_kernel_size_3", lambda t: _wb(t(1, 2, 3, 3), t(1, 3, 5, 5), [3, 3, 1]),
             RuntimeError, f"{FN_WB}: expected kernel_size of 2 entries, but got "
             "kernel_size=[3, 3, 1]"),
-    BadCase("wb_groups", lambda t: _wb(t(2, 2, 3, 3), t(2, 3, 5, 5), [3, 3],
-                                       ([1, 1], [0, 0], [1, 1], 2)), RuntimeError,
-            f"{FN_WB}: expected input channels (3) to be divisible by groups (2)"),
     BadCase("wb_dilation_0", lambda t: _wb(t(1, 2, 3, 3), t(1, 3, 5, 5), [3, 3],
                                            ([1, 1], [0, 0], [0, 1], 1)), RuntimeError,
             f"{FN_WB}: expected dilation to be positive, but got dilation=[0, 1]"),
@@ -626,51 +280,10 @@ GRAD_VIEW_BAD_CASES = [
                                                  ([1, 1], [0, 1, -1, 0], [1, 1], 1)),
             RuntimeError, f"{FN_WB}: expected padding to be non-negative, but got "
             "padding=[0, 1, -1, 0]"),
-    BadCase("bb_grad_output_2d", lambda t: ops.local_conv2d_bias_backward(t(2, 3)), RuntimeError,
-            f"{FN_BB}: expected 4D grad_output (N, C_out, OH, OW), but got shape [2, 3]"),
-    BadCase("bb_int64", lambda t: ops.local_conv2d_bias_backward(t(1, 2, 3, 3, dtype=torch.int64)),
-            RuntimeError, f"{FN_BB}: expected grad_output of dtype torch.float32 or "
-            "torch.float64, but got torch.int64", devices=("cpu", "meta")),
-]
+] + view_bad_cases(LOCAL)
 
 
 @pytest.mark.parametrize("case,dev", bad_case_params(LOCAL_BAD_CASES + GRAD_VIEW_BAD_CASES))
 def test_bad_input(case, dev):
     # The C++ checks (cpu, cuda) and the fake kernel (meta) word every error alike.
     check_bad_case(case, dev)
-
-
-# --------------------------------------------------------------------------- property test
-
-
-@st.composite
-def local_problems(draw):
-    groups = draw(st.integers(1, 3))
-    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    padding = draw(st.one_of(st.integers(0, 3), st.tuples(st.integers(0, 3), st.integers(0, 3)),
-                             st.sampled_from(["valid", "same", "full"])))
-    stride = (1, 1) if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    top, bottom, left, right = ref.explicit_padding(padding, kernel, dilation)
-    # The smallest input the dilated kernel fits in once padded, and a few more.
-    H = max(1, dilation[0] * (kernel[0] - 1) + 1 - top - bottom) + draw(st.integers(0, 4))
-    W = max(1, dilation[1] * (kernel[1] - 1) + 1 - left - right) + draw(st.integers(0, 4))
-    return LocalProblem("random", N=draw(st.integers(0, 2)), C=groups * draw(st.integers(1, 2)),
-                        K=groups * draw(st.integers(1, 2)), H=H, W=W, kernel=kernel,
-                        stride=stride, padding=padding, dilation=dilation, groups=groups,
-                        bias=draw(st.booleans()))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pb=local_problems())
-def test_property_matches_reference(pb, device):
-    x, w, b = local_args(pb, F64, device, requires_grad=True)
-    leaves = [t for t in (x, w, b) if t is not None]
-    y = CF.local_conv2d(x, w, b, pb.stride, pb.padding, pb.dilation, pb.groups)
-    g = make_tensor(y.shape, F64, device)
-    y_ref, grads_ref = _reference_grads(pb, leaves, g)
-    assert_close(y, y_ref, F64)
-    for got, want in zip(torch.autograd.grad(y, leaves, g), grads_ref):
-        assert_close(got, want, F64)
