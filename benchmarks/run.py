@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/run.py --suite all --ops conv2d --batch 4
     .venv/bin/python benchmarks/run.py --suite local tiled   # issue 3: unshared and tiled conv
     .venv/bin/python benchmarks/run.py --device cuda --dtype bfloat16
+    python3 benchmarks/run.py --device cuda --suite resnet50-b32 --ops conv2d --dtype float16
     .venv/bin/python benchmarks/run.py --list
 
 Every row (one layer of a suite at one batch size, one mode) is first checked:
@@ -15,9 +16,16 @@ single calls for suites of slow layers, a few rounds each, alternating), so
 that drift in clock speed or machine load affects both.
 
 The machine's ceilings are measured in the same run: a large matmul (GFLOP/s)
-and a large copy (GB/s, read + write bytes). A convolution row reports its
-GFLOP/s and the fraction of the matmul ceiling, a pooling row its GB/s of
-minimal traffic and the fraction of the copy ceiling.
+and a large copy (GB/s, read + write bytes; on CUDA a device-to-device copy). A
+convolution row reports its GFLOP/s and the fraction of the matmul ceiling, a
+pooling row its GB/s of minimal traffic and the fraction of the copy ceiling.
+
+On CUDA every timing synchronizes the device before reading the clock, and the
+untimed first call of each op (the correctness check) is also its warmup:
+cuDNN's autotuning (cudnn.benchmark), lazy module loading and the caching
+allocator's first allocations all happen there, outside the timings; peak
+memory is measured on a second untimed call, after autotuning's workspace is
+gone.
 
 Some ops report more (their OPS entry says which): the peak extra memory of
 one call against the baseline's (local and tiled convolution, whose plain
@@ -26,9 +34,10 @@ reference op of cnnkit's on the same shape (tiled convolution against conv2d),
 and the minimal memory traffic against the copy ceiling (local convolution,
 which streams a weight per output location).
 
-Results go to benchmarks/results/ (or --out): <device>-<suites>-<date>.json
+Results go to benchmarks/results/ (or --out): <device>-<suites>[-<dtype>]-<date>.json
 (every row, the ceilings, machine info), .md (the printed tables) and .png
-(the per-layer time ratio, log scale).
+(the per-layer time ratio, log scale; skipped without matplotlib). On CUDA the
+device part names the GPU too: cuda-h100-80gb-hbm3-resnet50-b32-bfloat16-<date>.
 """
 from __future__ import annotations
 
@@ -39,9 +48,11 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
+import timeit
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -57,7 +68,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torch.utils.benchmark import Timer  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+
+try:
+    from tqdm import tqdm  # noqa: E402
+except ImportError:  # optional: plain progress lines without it
+    tqdm = None
 
 import cnnkit  # noqa: E402
 import cnnkit.functional as CF  # noqa: E402
@@ -117,6 +132,17 @@ def conv_operands(layer, batch, device, dtype):
                 torch.randn(layer.weight_shape(), device=device, dtype=dtype) / math.sqrt(layer.patch_size())]
     if layer.bias:
         operands.append(torch.randn(layer.bias_shape(), device=device, dtype=dtype))
+    return operands
+
+
+def tiled_operands(layer, batch, device, dtype):
+    """conv_operands with the weight stored phase-major, (tH, tW, K, C/g, kH,
+    kW) in memory, as cnnkit.nn.TiledConv2d stores its parameter. The baseline
+    gets the same tensor: its per-phase kernels weight[..., a, b] are then
+    contiguous."""
+    operands = conv_operands(layer, batch, device, dtype)
+    weight = operands[1]
+    operands[1] = weight.permute(4, 5, 0, 1, 2, 3).contiguous().permute(2, 3, 4, 5, 0, 1)
     return operands
 
 
@@ -238,7 +264,7 @@ OPS = {
     "adaptive_avg_pool2d": _pool_bench(adaptive_pool2d_call, stores_indices=False),
     "local_conv2d": OpBench("unfold+einsum", conv_operands, partial(conv_call, CF.local_conv2d),
                             local_conv2d_unfold_einsum, local_conv2d_work, measure_memory=True),
-    "tiled_conv2d": OpBench("conv per phase", conv_operands, partial(conv_call, CF.tiled_conv2d),
+    "tiled_conv2d": OpBench("conv per phase", tiled_operands, partial(conv_call, CF.tiled_conv2d),
                             tiled_conv2d_per_phase, conv_work, measure_memory=True,
                             reference=Reference("conv2d", first_tile_operands,
                                                 partial(conv_call, CF.conv2d))),
@@ -309,6 +335,19 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def device_timer(device) -> Callable[[], float]:
+    """The clock of every Timer here: on CUDA it first waits for the work queued
+    on the device, so that a timed block ends when its kernels have finished,
+    not when they were launched (explicit, whatever Timer's default does)."""
+    if device.type != "cuda":
+        return timeit.default_timer
+
+    def clock() -> float:
+        synchronize(device)
+        return timeit.default_timer()
+    return clock
+
+
 def time_calls(step, seconds: float, device) -> list[float]:
     """Times of single calls of step, until they add up to `seconds` (at least one call)."""
     times, total = [], 0.0
@@ -326,7 +365,8 @@ def time_alternating(steps: dict, timing: Timing, threads: int, device) -> dict:
     """Per-call times in seconds of each step, measured in `timing.rounds` turns
     that alternate between the steps (and flip their order every round); each
     turn is a blocked_autorange, or single calls with timing.per_call."""
-    timers = {name: Timer(stmt="step()", globals={"step": step}, num_threads=threads)
+    timers = {name: Timer(stmt="step()", globals={"step": step}, num_threads=threads,
+                          timer=device_timer(device))
               for name, step in steps.items()}
     times = {name: [] for name in steps}
     order = list(steps)
@@ -387,8 +427,19 @@ def check_memory_meter(device) -> None:
 
 def first_call(step, device, measure_memory: bool) -> tuple:
     """The untimed first call of a step (the check, and a warmup): its result,
-    and its peak extra memory when asked for (else None)."""
-    return peak_memory(step, device) if measure_memory else (step(), None)
+    and its peak extra memory when asked for (else None).
+
+    On CUDA the first call also autotunes cuDNN (cudnn.benchmark), whose trial
+    workspaces would count as the baseline's memory: there the peak is taken
+    on a second call. On the CPU nothing is tuned and the first call is measured.
+    """
+    if not measure_memory:
+        return step(), None
+    if device.type != "cuda":
+        return peak_memory(step, device)
+    result = step()
+    _, peak = peak_memory(step, device)
+    return result, peak
 
 
 def tensor_bytes(tensors) -> int:
@@ -402,7 +453,36 @@ def summarize_times(times: list[float]) -> dict:
             "min_ms": min(times) * 1e3, "samples": len(times)}
 
 
-def bench_row(suite, layer, batch, mode, device, dtype, timing, threads, ceilings) -> dict:
+def capture_graphs(steps: dict, device) -> tuple[dict, str | None]:
+    """Each step captured in a CUDA graph, as the graph's replay: one replay
+    runs the step's kernels back to back, so its time is the GPU's, without the
+    Python, dispatcher and launch overhead between kernels (which dominates
+    layers of a few microseconds). Each step runs once on a side stream before
+    its capture, as capture requires. Returns (replays, None), or the steps
+    unchanged and the reason when one of them cannot be captured (a host
+    synchronisation inside an op, say): then every step is timed eagerly, so
+    that cnnkit and the baseline are always timed alike."""
+    graphs = {}
+    try:
+        for name, step in steps.items():
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            graphs[name] = graph
+    except Exception as exc:  # noqa: BLE001 (any failure means: time eagerly)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return steps, f"{type(exc).__name__}: {message}"[:120]
+    synchronize(device)
+    return {name: graph.replay for name, graph in graphs.items()}, None
+
+
+def bench_row(suite, layer, batch, mode, device, dtype, timing, threads, ceilings,
+              cuda_graph: bool = False) -> dict:
     op = OPS[layer.op]
     row = {"suite": suite.name, "op": layer.op, "layer": layer.name, "shape": layer.shape(batch),
            "mode": mode, "batch": batch, "baseline_name": op.baseline_name}
@@ -438,6 +518,11 @@ def bench_row(suite, layer, batch, mode, device, dtype, timing, threads, ceiling
         row.update(status="wrong", message=f"max rel error {error:.1e} > {TOLERANCE[dtype]:.0e}")
         return row  # a wrong kernel has no speed
 
+    if cuda_graph:
+        steps, capture_failure = capture_graphs(steps, device)
+        row["timed"] = "eager" if capture_failure else "cuda graph"
+        if capture_failure:
+            row["capture_failure"] = capture_failure
     other_load = OtherLoad()
     times = time_alternating(steps, timing, threads, device)
     row["other_load"] = other_load.fraction()
@@ -478,17 +563,21 @@ def bench_row(suite, layer, batch, mode, device, dtype, timing, threads, ceiling
 
 def measure_ceilings(device, dtype, threads) -> dict:
     """The machine's reachable peaks in this process: a large matmul in the
-    benchmark dtype (GFLOP/s) and a 256 MiB copy (GB/s, read + write)."""
+    benchmark dtype (GFLOP/s; on CUDA with TF32 off, as main sets it) and a
+    256 MiB copy (GB/s, read + write; on CUDA from device memory to device
+    memory, several times the GPU's L2 cache). Each is warmed up by Timer's
+    first block (cuBLAS's handle and heuristics) and timed with device_timer."""
     size = 2048 if device.type == "cpu" else 8192
+    clock = device_timer(device)
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     c = torch.empty_like(a)
     matmul = Timer("torch.mm(a, b, out=c)", globals={"torch": torch, "a": a, "b": b, "c": c},
-                   num_threads=threads).blocked_autorange(min_run_time=CEILING_MIN_RUN_TIME)
+                   num_threads=threads, timer=clock).blocked_autorange(min_run_time=CEILING_MIN_RUN_TIME)
     del a, b, c
     src = torch.ones(64 * 2**20, device=device, dtype=torch.float32)  # 256 MiB
     dst = torch.zeros_like(src)
     copy = Timer("dst.copy_(src)", globals={"src": src, "dst": dst},
-                 num_threads=threads).blocked_autorange(min_run_time=CEILING_MIN_RUN_TIME)
+                 num_threads=threads, timer=clock).blocked_autorange(min_run_time=CEILING_MIN_RUN_TIME)
     copy_bytes = 2 * src.numel() * src.element_size()
     return {"matmul_size": size, "matmul_dtype": str(dtype).removeprefix("torch."),
             "matmul_gflops": 2 * size**3 / matmul.median / 1e9,
@@ -518,7 +607,12 @@ def machine_info(device) -> dict:
         "device_name": cpu_model,
     }
     if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
         info.update(device_name=torch.cuda.get_device_name(device),
+                    gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+                    multiprocessors=properties.multi_processor_count,
+                    compute_capability=f"{properties.major}.{properties.minor}",
+                    torch_cuda=torch.version.cuda,
                     cudnn=torch.backends.cudnn.version(),
                     cudnn_benchmark=torch.backends.cudnn.benchmark,
                     cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
@@ -578,13 +672,14 @@ def summarize(rows) -> list[dict]:
     return summary
 
 
-def check_targets(summary, device) -> list[dict]:
-    """The TARGETS of suites.py that this run covers: met or not, and why not."""
+def check_targets(summary, device, dtype: str) -> list[dict]:
+    """The TARGETS of suites.py that this run covers (suite, op and mode on this
+    device, in the target's dtype if it names one): met or not, and why not."""
     results = []
     for target in TARGETS:
         entry = next((e for e in summary if (e["suite"], e["op"], e["mode"]) ==
                       (target.suite, target.op, target.mode)), None)
-        if target.device != device.type or entry is None:
+        if target.device != device.type or entry is None or target.dtype not in (None, dtype):
             continue
         goals, failures = [], []
         if entry["not_measured"]:
@@ -624,7 +719,14 @@ def check_targets(summary, device) -> list[dict]:
             elif measured and entry["worst_reference_ratio"] > target.max_reference_ratio:
                 failures.append(f"{entry['worst_reference_layer']} at {entry['worst_reference_ratio']:.2f}x "
                                 f"{reference}")
-        results.append({"suite": target.suite, "op": target.op, "mode": target.mode,
+        if target.min_bandwidth_fraction is not None:
+            goals.append(f"every layer's minimal traffic >= {target.min_bandwidth_fraction:.0%} of the copy ceiling")
+            if measured and "min_bandwidth_fraction" not in entry:
+                failures.append("minimal traffic not measured")
+            elif measured and entry["min_bandwidth_fraction"] < target.min_bandwidth_fraction:
+                failures.append(f"{entry['min_bandwidth_layer']} at {entry['min_bandwidth_fraction']:.0%} "
+                                "of the copy ceiling")
+        results.append({"suite": target.suite, "op": target.op, "mode": target.mode, "dtype": dtype,
                         "goal": ", ".join(goals), "met": not failures, "failures": failures})
     return results
 
@@ -650,6 +752,8 @@ def timing_warnings(row) -> str:
         warnings += " noisy"
     if row["other_load"] is not None and row["other_load"] > BUSY_LOAD:
         warnings += f" busy {row['other_load']:.0%}"
+    if "capture_failure" in row:
+        warnings += f" eager (no graph: {row['capture_failure']})"
     return warnings
 
 
@@ -760,6 +864,9 @@ def report_text(info, settings, ceilings, rows, summary, targets) -> str:
     if any("reference_ratio" in row for row in measured):
         notes.append("- reference: cnnkit's own op on the same shape (tiled_conv2d: conv2d with weight[..., 0, 0]); "
                      "cnnkit/reference is the time ratio")
+    if settings.get("cuda_graph"):
+        notes.append("- timed as CUDA graph replays: GPU time of each call's kernels, without Python and "
+                     "launch overhead; rows marked 'eager' could not be captured and were timed as plain calls")
     if any("cnnkit_bandwidth_fraction" in row for row in measured):
         notes.append("- min bytes % copy: the minimal traffic (every tensor read or written once per pass "
                      "that needs it) per cnnkit time, over the copy ceiling")
@@ -771,7 +878,8 @@ def report_text(info, settings, ceilings, rows, summary, targets) -> str:
         f"- dtype {settings['dtype']}, {timing}; times are medians",
         f"- ceilings: matmul {ceilings['matmul_size']}^2 {ceilings['matmul_dtype']} "
         f"{ceilings['matmul_gflops']:.1f} GFLOP/s (conv % ceil); "
-        f"copy 256 MiB {ceilings['copy_gbs']:.1f} GB/s read+write (pooling % ceil)",
+        f"copy 256 MiB {'device to device ' if info['device'] == 'cuda' else ''}"
+        f"{ceilings['copy_gbs']:.1f} GB/s read+write (pooling % ceil)",
         "- ratio = cnnkit time / baseline time: below 1 is cnnkit faster",
         *notes,
         other_load_note(info["other_load"]),
@@ -786,7 +894,7 @@ def report_text(info, settings, ceilings, rows, summary, targets) -> str:
         parts += ["", "## Targets", ""]
         for target in targets:
             verdict = "met" if target["met"] else "NOT met: " + "; ".join(target["failures"])
-            parts.append(f"- {target['suite']} {target['op']} {MODES[target['mode']]} "
+            parts.append(f"- {target['suite']} {target['op']} {MODES[target['mode']]} {target['dtype']} "
                          f"({target['goal']}): {verdict}")
     return "\n".join(parts) + "\n"
 
@@ -841,6 +949,35 @@ def plot_ratios(rows, info, settings, path: Path) -> None:
 # --------------------------------------------------------------------------- main
 
 
+class PlainProgress:
+    """The part of tqdm's interface main uses, as one printed line per row:
+    without tqdm, or when stderr is a log file rather than a terminal."""
+
+    def __init__(self, items):
+        self.items = list(items)
+        self.position = 0
+
+    def __iter__(self):
+        for position, item in enumerate(self.items, start=1):
+            self.position = position
+            yield item
+
+    def set_postfix_str(self, text: str) -> None:
+        print(f"[{self.position}/{len(self.items)}] {text}", flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def device_label(device, info) -> str:
+    """The device part of the results' file names: "cpu", or "cuda-" and the
+    GPU's name ("cuda-h100-80gb-hbm3"), so that runs on different GPUs differ."""
+    if device.type != "cuda":
+        return device.type
+    name = info["device_name"].lower().removeprefix("nvidia").strip()
+    return "cuda-" + re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+
+
 def split_list(values: list[str]) -> list[str]:
     """Options take several values either way: `a,b` or `a b`."""
     return [item for value in values for item in value.split(",") if item]
@@ -853,7 +990,8 @@ def parse_args(argv=None):
                                          f"{s.name} ({s.description}, {s.batches_label()})"
                                          for s in SUITES.values()))
     parser.add_argument("--suite", nargs="+", default=["quick"],
-                        help="suite names, or 'all' (default: quick)")
+                        help="suite names, or 'all': " + ", ".join(
+                            name for name, suite in SUITES.items() if suite.in_all) + " (default: quick)")
     parser.add_argument("--ops", nargs="+", help=f"only these ops: {', '.join(OPS)}")
     parser.add_argument("--batch", type=int, help="batch size for every suite (default: the suite's batches)")
     parser.add_argument("--modes", nargs="+", default=["fwd,fwdbwd"], help="fwd and/or fwdbwd")
@@ -865,6 +1003,10 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int,
                         help="alternations between cnnkit and the baseline per row "
                              f"(default: the suite's; {Timing().rounds} unless it says otherwise)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="CUDA: time replays of each op captured in a CUDA graph (the GPU time of its "
+                             "kernels, without Python and launch overhead); a row whose ops cannot be "
+                             "captured is timed eagerly and says so")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results",
                         help="folder for the .json, .md and .png results")
     parser.add_argument("--no-plot", action="store_true", help="skip the .png plot")
@@ -873,7 +1015,7 @@ def parse_args(argv=None):
 
     options.suite = split_list(options.suite)
     if "all" in options.suite:
-        options.suite = [name for name in SUITES if name != "quick"]
+        options.suite = [name for name, suite in SUITES.items() if suite.in_all]
     if unknown := [name for name in options.suite if name not in SUITES]:
         parser.error(f"unknown suite(s) {unknown}; choose from {list(SUITES)} or 'all'")
     options.ops = split_list(options.ops) if options.ops else list(OPS)
@@ -884,6 +1026,8 @@ def parse_args(argv=None):
         parser.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
     if options.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if options.cuda_graph and options.device != "cuda":
+        parser.error("--cuda-graph needs --device cuda")
     if options.device == "cpu" and options.dtype in ("float16", "bfloat16"):
         parser.error(f"--dtype {options.dtype}: cnnkit runs float16 and bfloat16 on CUDA only")
     if options.batch is not None and options.batch < 1:
@@ -937,7 +1081,8 @@ def main(argv=None) -> int:
                 "batch": options.batch, "device": device.type, "dtype": options.dtype,
                 "min_run_time": options.min_run_time, "rounds": options.rounds,
                 "timing": {name: dataclasses.asdict(timing) for name, timing in timings.items()},
-                "threads": options.threads, "tolerance": TOLERANCE[dtype]}
+                "threads": options.threads, "tolerance": TOLERANCE[dtype],
+                "cuda_graph": options.cuda_graph}
     print(f"cnnkit benchmark on {info['device_name']}, torch threads: {options.threads}; "
           f"{len(work_items)} rows", flush=True)
     if any(OPS[layer.op].measure_memory for _, layer, _, _ in work_items):
@@ -946,16 +1091,17 @@ def main(argv=None) -> int:
     ceilings = measure_ceilings(device, dtype, options.threads)
 
     rows = []
-    progress = tqdm(work_items, unit="row", dynamic_ncols=True)
+    progress = (tqdm(work_items, unit="row", dynamic_ncols=True) if tqdm and sys.stderr.isatty()
+                else PlainProgress(work_items))
     for suite, layer, batch, mode in progress:
         progress.set_postfix_str(f"{suite.name} {layer.op} {layer.name} N={batch} {MODES[mode]}")
         rows.append(bench_row(suite, layer, batch, mode, device, dtype, timings[suite.name],
-                              options.threads, ceilings))
+                              options.threads, ceilings, options.cuda_graph))
     progress.close()
 
     info["other_load"] = run_load.fraction()
     summary = summarize(rows)
-    targets = check_targets(summary, device)
+    targets = check_targets(summary, device, options.dtype)
     text = report_text(info, settings, ceilings, rows, summary, targets)
     runtime = time.perf_counter() - started
     print()
@@ -963,8 +1109,9 @@ def main(argv=None) -> int:
 
     options.out.mkdir(parents=True, exist_ok=True)
     suite_label = "+".join(options.suite) if len(options.suite) <= 3 else "all"
-    dtype_label = "" if options.dtype == "float32" else f"-{options.dtype}"
-    stem = f"{device.type}-{suite_label}{dtype_label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dtype_label = ("" if options.dtype == "float32" else f"-{options.dtype}") + (
+        "-graph" if options.cuda_graph else "")
+    stem = f"{device_label(device, info)}-{suite_label}{dtype_label}-{time.strftime('%Y%m%d-%H%M%S')}"
     json_path, md_path, png_path = (options.out / f"{stem}.{suffix}" for suffix in ("json", "md", "png"))
     md_path.write_text(text + f"\nruntime: {runtime:.0f} s\n")
     with open(json_path, "w") as out:
@@ -972,8 +1119,11 @@ def main(argv=None) -> int:
                    "summary": summary, "targets": targets, "runtime_s": runtime}, out, indent=1)
     written = [json_path, md_path]
     if not options.no_plot and any(row["status"] == "ok" for row in rows):
-        plot_ratios(rows, info, settings, png_path)
-        written.append(png_path)
+        try:
+            plot_ratios(rows, info, settings, png_path)
+            written.append(png_path)
+        except ImportError as exc:  # matplotlib is optional
+            print(f"no plot: {exc}")
     print("wrote " + ", ".join(str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
                                for path in written))
     print(f"runtime: {runtime:.0f} s")

@@ -178,11 +178,14 @@ class Timing:
 
 @dataclass(frozen=True)
 class Suite:
+    """in_all: part of ``--suite all`` (the default selection for a full CPU run)."""
+
     name: str
     description: str
     batches: tuple[int, ...]
     layers: tuple
     timing: Timing = Timing()
+    in_all: bool = True
 
     def batches_label(self) -> str:
         return ("batch " if len(self.batches) == 1 else "batches ") + ", ".join(map(str, self.batches))
@@ -308,11 +311,19 @@ DEEPFACE_LOCAL = (
 TILED = (tiled_3x3("resnet50", RESNET50_CONVS, tiles=(2, 4))
          + tiled_3x3("vgg16", VGG16_CONVS, tiles=(2, 4)))
 
+# --------------------------------------------------------------------------- GPU pools
+# Every pool of ResNet-50 and VGG-16, and the quick suite's extra pools (a 2x2
+# and an overlapping 3x3 average pool, a global max pool), so that each pooling
+# op of the CUDA issue's target is measured.
+
+GPU_POOLS = RESNET50_POOLS + VGG16_POOLS + QUICK_EXTRA_POOLS[1:]
+
 SUITES = {
     suite.name: suite
     for suite in (
         Suite("quick", "ResNet-50 convs and pools at batch 8, plus VGG-sized max/avg pools",
-              batches=(8,), layers=RESNET50_CONVS + RESNET50_POOLS + QUICK_EXTRA_POOLS),
+              batches=(8,), layers=RESNET50_CONVS + RESNET50_POOLS + QUICK_EXTRA_POOLS,
+              in_all=False),
         Suite("resnet50", "ResNet-50's unique conv layers and its pools",
               batches=(16,), layers=RESNET50_CONVS + RESNET50_POOLS),
         Suite("vgg16", "VGG-16's 13 convs and 5 max pools",
@@ -329,6 +340,15 @@ SUITES = {
         Suite("tiled", "tiled_conv2d on ResNet-50's and VGG-16's unique 3x3 convs, "
               "2x2 and 4x4 tiles", batches=(4,), layers=TILED,
               timing=Timing(min_run_time=1.0, rounds=3, per_call=True)),
+        # The CUDA issue's configurations (run with --device cuda; they run on
+        # the CPU too, slowly, and are not part of --suite all): ResNet-50 at
+        # batch 32, the batch GPU convolution libraries are usually compared
+        # at, and the pools of ResNet-50 and VGG-16 at batch 32, where most of
+        # them move 10-400 MB per call.
+        Suite("resnet50-b32", "ResNet-50's unique conv layers and its pools at batch 32 (GPU)",
+              batches=(32,), layers=RESNET50_CONVS + RESNET50_POOLS, in_all=False),
+        Suite("pools", "ResNet-50's and VGG-16's pools, plus VGG-sized avg and global max pools, "
+              "at batch 32 (GPU)", batches=(32,), layers=GPU_POOLS, in_all=False),
     )
 }
 
@@ -336,11 +356,13 @@ SUITES = {
 # --------------------------------------------------------------------------- targets
 # Speed goals from the issues, checked and printed when a run covers them.
 # A ratio is cnnkit time / baseline time (below 1 = cnnkit faster); every row
-# of (suite, op, mode) on the device must meet max_ratio, min_speedup (the
-# same bound put as "N times faster": ratio <= 1 / min_speedup),
-# min_ceiling_fraction, max_memory_ratio (cnnkit's peak extra memory over the
-# baseline's) and max_reference_ratio (cnnkit time over the time of the op's
-# reference, cnnkit's own conv2d for tiled_conv2d), and their geometric mean
+# of (suite, op, mode) on the device, in the target's dtype (any dtype when
+# None), must meet max_ratio, min_speedup (the same bound put as "N times
+# faster": ratio <= 1 / min_speedup), min_ceiling_fraction, max_memory_ratio
+# (cnnkit's peak extra memory over the baseline's), max_reference_ratio
+# (cnnkit time over the time of the op's reference, cnnkit's own conv2d for
+# tiled_conv2d) and min_bandwidth_fraction (the op's minimal memory traffic per
+# cnnkit time over the copy ceiling: local_conv2d), and their geometric mean
 # max_geomean_ratio.
 
 
@@ -350,13 +372,17 @@ class Target:
     device: str
     op: str
     mode: str
+    dtype: str | None = None
     max_geomean_ratio: float | None = None
     max_ratio: float | None = None
     min_speedup: float | None = None
     min_ceiling_fraction: float | None = None
     max_memory_ratio: float | None = None
     max_reference_ratio: float | None = None
+    min_bandwidth_fraction: float | None = None
 
+
+POOL_OPS = ("max_pool2d", "avg_pool2d", "adaptive_max_pool2d", "adaptive_avg_pool2d")
 
 TARGETS = (
     Target("quick", "cpu", "conv2d", "fwdbwd", max_geomean_ratio=1.25, max_ratio=2.0),
@@ -369,4 +395,21 @@ TARGETS = (
     # issue 3: "at least 1.5x faster than one conv per tile phase, and within 2x
     # of cnnkit's own conv2d on the same shape"
     Target("tiled", "cpu", "tiled_conv2d", "fwdbwd", min_speedup=1.5, max_reference_ratio=2.0),
+    # CUDA issue: conv2d on ResNet-50 at batch 32 against cuDNN (TF32 off), the
+    # geometric mean over its layers: float32 within 2x forward and 2.5x
+    # forward + backward; float16 and bfloat16 within 2.5x of cuDNN in the
+    # same precision.
+    Target("resnet50-b32", "cuda", "conv2d", "fwd", dtype="float32", max_geomean_ratio=2.0),
+    Target("resnet50-b32", "cuda", "conv2d", "fwdbwd", dtype="float32", max_geomean_ratio=2.5),
+    *(Target("resnet50-b32", "cuda", "conv2d", mode, dtype=dtype, max_geomean_ratio=2.5)
+      for dtype in ("float16", "bfloat16") for mode in ("fwd", "fwdbwd")),
+    # CUDA issue: every pool, forward and forward + backward, at least as fast as
+    # PyTorch's CUDA pooling and at 70% or more of the measured device-to-device
+    # copy bandwidth.
+    *(Target("pools", "cuda", op, mode, max_ratio=1.0, min_ceiling_fraction=0.7)
+      for op in POOL_OPS for mode in ("fwd", "fwdbwd")),
+    # CUDA issue: local_conv2d at batches 1 to 32 at least 5x faster than unfold +
+    # einsum, its minimal traffic at 60% or more of the copy bandwidth.
+    *(Target("local", "cuda", "local_conv2d", mode, min_speedup=5.0, min_bandwidth_fraction=0.6)
+      for mode in ("fwd", "fwdbwd")),
 )
