@@ -33,6 +33,7 @@
 
 #include "cpu/conv2d.h"
 #include "cpu/im2col.h"
+#include "conv_ops.h"
 #include "cpu/memory.h"
 #include "problem.h"
 
@@ -303,77 +304,8 @@ at::Tensor conv_bias_backward(const at::Tensor& grad_output, int64_t tile_h, int
   return grad_bias;
 }
 
-namespace {
-
-// ------------------------------------------------------------------ host functions
-
-// A dense weight (K, C/G, R, S) is the one-phase weight (1, G, K/G, C/G*R*S).
-at::Tensor dense_phases(const Conv2dProblem& pb, const at::Tensor& weight) {
-  return weight.contiguous().view({1, pb.groups, pb.group_out_channels(), pb.patch_size()});
-}
-
-at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
-                      const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const auto pb = conv2d_problem("cnnkit.conv2d", input, weight, bias, stride, padding, dilation,
-                                 groups);
-  at::AutoDispatchBelowADInplaceOrView guard;
-  const auto b = bias.has_value() ? bias->contiguous().view({1, pb.K}) : at::Tensor();
-  auto out = conv_forward(pb, input.contiguous(), dense_phases(pb, weight), b);
-  return out.contiguous(conv_output_format(input, weight));
-}
-
-at::Tensor conv2d_input_backward_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
-                                     at::IntArrayRef input_size, at::IntArrayRef stride,
-                                     at::IntArrayRef padding, at::IntArrayRef dilation,
-                                     int64_t groups) {
-  const auto pb = conv2d_input_backward_problem("cnnkit.conv2d_input_backward", grad_output,
-                                                weight, input_size, stride, padding, dilation,
-                                                groups);
-  at::AutoDispatchBelowADInplaceOrView guard;
-  auto dx = conv_input_backward(pb, grad_output.contiguous(), dense_phases(pb, weight));
-  return dx.contiguous(conv_output_format(grad_output, weight));
-}
-
-at::Tensor conv2d_weight_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                      at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                      at::IntArrayRef padding, at::IntArrayRef dilation,
-                                      int64_t groups) {
-  const auto pb = conv2d_weight_backward_problem("cnnkit.conv2d_weight_backward", grad_output,
-                                                 input, kernel_size, stride, padding, dilation,
-                                                 groups);
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return conv_weight_backward(pb, grad_output.contiguous(), input.contiguous())
-      .view({pb.K, pb.group_in_channels(), pb.R, pb.S});
-}
-
-// db[k] = sum over n, p, q of G[n, k, p, q].
-at::Tensor conv2d_bias_backward_cpu(const at::Tensor& grad_output) {
-  check_conv2d_bias_backward("cnnkit.conv2d_bias_backward", grad_output);
-  return conv_bias_backward(grad_output, 1, 1).view({grad_output.size(1)});
-}
-
-// Transposed convolution = the input gradient of the convolution whose output
-// it takes, plus a bias per output channel.
-at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weight,
-                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                at::IntArrayRef padding, at::IntArrayRef output_padding,
-                                int64_t groups, at::IntArrayRef dilation) {
-  const auto pb = conv_transpose2d_problem("cnnkit.conv_transpose2d", input, weight, bias, stride,
-                                           padding, output_padding, groups, dilation);
-  at::AutoDispatchBelowADInplaceOrView guard;
-  auto out = conv_input_backward(pb, input.contiguous(), dense_phases(pb, weight));
-  if (bias.has_value() && out.numel() > 0) out.add_(bias->view({1, pb.C, 1, 1}));
-  return out.contiguous(conv_output_format(input, weight));
-}
-
-}  // namespace
 }  // namespace cnnkit::cpu
 
 TORCH_LIBRARY_IMPL(cnnkit, CPU, m) {
-  m.impl("conv2d", &cnnkit::cpu::conv2d_cpu);
-  m.impl("conv2d_input_backward", &cnnkit::cpu::conv2d_input_backward_cpu);
-  m.impl("conv2d_weight_backward", &cnnkit::cpu::conv2d_weight_backward_cpu);
-  m.impl("conv2d_bias_backward", &cnnkit::cpu::conv2d_bias_backward_cpu);
-  m.impl("conv_transpose2d", &cnnkit::cpu::conv_transpose2d_cpu);
+  CNNKIT_REGISTER_CONV2D_OPS(m, cnnkit::cpu::Backend);
 }

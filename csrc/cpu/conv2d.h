@@ -28,4 +28,19 @@ at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_
 // db[k, a, b] = sum of G[n, k, p, q] over n and the locations of phase (a, b): (K, tH, tW).
 at::Tensor conv_bias_backward(const at::Tensor& grad_output, int64_t tile_h, int64_t tile_w);
 
+// A (K, C/G, R, S, tH, tW) weight copied to phase-major memory (tiled_conv2d.cpp).
+at::Tensor tiles_outermost(const at::Tensor& weight);
+
+// The CPU backend of the ops in csrc/conv_ops.h.
+struct Backend {
+  struct DeviceScope {
+    explicit DeviceScope(const at::Tensor&) {}
+  };
+  static constexpr auto conv_forward = &cpu::conv_forward;
+  static constexpr auto conv_input_backward = &cpu::conv_input_backward;
+  static constexpr auto conv_weight_backward = &cpu::conv_weight_backward;
+  static constexpr auto conv_bias_backward = &cpu::conv_bias_backward;
+  static constexpr auto tiles_outermost = &cpu::tiles_outermost;
+};
+
 }  // namespace cnnkit::cpu

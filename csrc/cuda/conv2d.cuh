@@ -22,6 +22,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include "problem.h"
 
@@ -50,6 +51,25 @@ at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_
                                 const at::Tensor& input);
 // db[k, a, b] = sum of G[n, k, p, q] over n and the locations of phase (a, b): (K, tH, tW).
 at::Tensor conv_bias_backward(const at::Tensor& grad_output, int64_t tile_h, int64_t tile_w);
+
+// A (K, C/G, R, S, tH, tW) weight copied to phase-major memory.
+inline at::Tensor tiles_outermost(const at::Tensor& weight) {
+  return weight.permute({4, 5, 0, 1, 2, 3}).contiguous();
+}
+
+// The CUDA backend of the ops in csrc/conv_ops.h: kernels run on the device
+// of the op's first tensor.
+struct Backend {
+  struct DeviceScope {
+    c10::cuda::CUDAGuard guard;
+    explicit DeviceScope(const at::Tensor& t) : guard(t.device()) {}
+  };
+  static constexpr auto conv_forward = &cuda::conv_forward;
+  static constexpr auto conv_input_backward = &cuda::conv_input_backward;
+  static constexpr auto conv_weight_backward = &cuda::conv_weight_backward;
+  static constexpr auto conv_bias_backward = &cuda::conv_bias_backward;
+  static constexpr auto tiles_outermost = &cuda::tiles_outermost;
+};
 
 // Tensor-core kernels for float16 and bfloat16 (conv2d_tensor_core.cu), float32
 // accumulation, one tile phase per call; conv2d.cu's engine calls them for

@@ -1,8 +1,9 @@
 // Shared pieces of the CUDA kernels: launch geometry, index types, dtype
 // dispatch, accumulation types. Every host function that launches a kernel
-// follows the same order: device guard -> problem (all checks) -> early return
-// on an empty result -> dtype dispatch -> launch on the current stream ->
-// CNNKIT_CHECK_LAUNCH().
+// follows the same order: problem (all checks, device and dtype included) ->
+// device guard (after the checks: a guard on a CPU tensor would fail with an
+// internal error before the clear one) -> early return on an empty result ->
+// dtype dispatch -> launch on the current stream -> CNNKIT_CHECK_LAUNCH().
 #pragma once
 
 #include <ATen/Dispatch.h>
