@@ -28,6 +28,7 @@
 
 #include "cpu/im2col.h"
 #include "cpu/memory.h"
+#include "local_ops.h"
 #include "problem.h"
 
 namespace cnnkit::cpu {
@@ -285,94 +286,64 @@ void input_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* 
   }
 }
 
-// ------------------------------------------------------------------ host functions
+// ------------------------------------------------------------------ backend
 
-at::Tensor local_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const auto pb = local_conv2d_problem("cnnkit.local_conv2d", input, weight, bias, stride, padding,
-                                       dilation, groups);
-  const auto x = input.contiguous(), w = weight.contiguous();
-  const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  auto out = at::empty({pb.N, pb.K, pb.P, pb.Q}, x.options());
-  if (out.numel() > 0) {
+// The CPU backend of the ops in csrc/local_ops.h.
+struct LocalBackend {
+  struct DeviceScope {
+    explicit DeviceScope(const at::Tensor&) {}
+  };
+
+  static constexpr auto empty_large = &cpu::empty_large;
+
+  static void local_forward(const Conv2dProblem& pb, const at::Tensor& x, const at::Tensor& w,
+                            const at::Tensor& b, at::Tensor& out) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnnkit_local_conv2d", [&] {
       forward_kernel<scalar_t>(pb, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
                                out.mutable_data_ptr<scalar_t>());
     });
   }
-  return out.contiguous(conv_output_format(input, weight));
-}
 
-at::Tensor local_conv2d_input_backward_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
-                                           at::IntArrayRef input_size, at::IntArrayRef stride,
-                                           at::IntArrayRef padding, at::IntArrayRef dilation,
-                                           int64_t groups) {
-  const auto pb = local_conv2d_input_backward_problem("cnnkit.local_conv2d_input_backward",
-                                                      grad_output, weight, input_size, stride,
-                                                      padding, dilation, groups);
-  const auto g = grad_output.contiguous(), w = weight.contiguous();
-  auto grad_input = at::empty({pb.N, pb.C, pb.H, pb.W}, g.options());
-  if (grad_input.numel() > 0) {
+  static void local_input_backward(const Conv2dProblem& pb, const at::Tensor& g,
+                                   const at::Tensor& w, at::Tensor& grad_input) {
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "cnnkit_local_conv2d_input_backward", [&] {
       input_backward_kernel<scalar_t>(pb, g.const_data_ptr<scalar_t>(),
                                       w.const_data_ptr<scalar_t>(),
                                       grad_input.mutable_data_ptr<scalar_t>());
     });
   }
-  return grad_input.contiguous(conv_output_format(grad_output, weight));
-}
 
-at::Tensor local_conv2d_weight_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                            at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                            at::IntArrayRef padding, at::IntArrayRef dilation,
-                                            int64_t groups) {
-  const auto pb = local_conv2d_weight_backward_problem("cnnkit.local_conv2d_weight_backward",
-                                                       grad_output, input, kernel_size, stride,
-                                                       padding, dilation, groups);
-  const auto g = grad_output.contiguous(), x = input.contiguous();
-  auto grad_weight =
-      empty_large({pb.K, pb.P, pb.Q, pb.group_in_channels(), pb.R, pb.S}, x.options());
-  if (pb.N == 0) {
-    grad_weight.zero_();
-  } else if (grad_weight.numel() > 0) {
+  static void local_weight_backward(const Conv2dProblem& pb, const at::Tensor& g,
+                                    const at::Tensor& x, at::Tensor& grad_weight) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnnkit_local_conv2d_weight_backward", [&] {
       weight_backward_kernel<scalar_t>(pb, g.const_data_ptr<scalar_t>(),
                                        x.const_data_ptr<scalar_t>(),
                                        grad_weight.mutable_data_ptr<scalar_t>());
     });
   }
-  return grad_weight;
-}
 
-// db[k, p, q] = sum_n G[n, k, p, q], accumulated in double for float.
-at::Tensor local_conv2d_bias_backward_cpu(const at::Tensor& grad_output) {
-  check_conv2d_bias_backward("cnnkit.local_conv2d_bias_backward", grad_output);
-  const auto g = grad_output.contiguous();
-  const int64_t N = g.size(0), KPQ = g.size(1) * g.size(2) * g.size(3);
-  auto grad_bias = at::empty({g.size(1), g.size(2), g.size(3)}, g.options());
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "cnnkit_local_conv2d_bias_backward", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
-    const scalar_t* src = g.const_data_ptr<scalar_t>();
-    scalar_t* dst = grad_bias.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, KPQ, 1024, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        acc_t sum = 0;
-        for (int64_t n = 0; n < N; ++n) sum += src[n * KPQ + i];
-        dst[i] = static_cast<scalar_t>(sum);
-      }
+  // db[u] = sum_n G[n, u] over the units u = (k, p, q), accumulated in double for float.
+  static void local_bias_backward(const at::Tensor& g, at::Tensor& grad_bias) {
+    const int64_t N = g.size(0), KPQ = grad_bias.numel();
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "cnnkit_local_conv2d_bias_backward", [&] {
+      using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
+      const scalar_t* src = g.const_data_ptr<scalar_t>();
+      scalar_t* dst = grad_bias.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, KPQ, 1024, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          acc_t sum = 0;
+          for (int64_t n = 0; n < N; ++n) sum += src[n * KPQ + i];
+          dst[i] = static_cast<scalar_t>(sum);
+        }
+      });
     });
-  });
-  return grad_bias;
-}
+  }
+};
 
 }  // namespace
 }  // namespace cnnkit::cpu
 
 TORCH_LIBRARY_IMPL(cnnkit, CPU, m) {
-  m.impl("local_conv2d", &cnnkit::cpu::local_conv2d_cpu);
-  m.impl("local_conv2d_input_backward", &cnnkit::cpu::local_conv2d_input_backward_cpu);
-  m.impl("local_conv2d_weight_backward", &cnnkit::cpu::local_conv2d_weight_backward_cpu);
-  m.impl("local_conv2d_bias_backward", &cnnkit::cpu::local_conv2d_bias_backward_cpu);
+  CNNKIT_REGISTER_LOCAL_CONV2D_OPS(m, cnnkit::cpu::LocalBackend);
 }

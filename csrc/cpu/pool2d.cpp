@@ -17,6 +17,7 @@
 // thread, in a fixed order.
 #include "problem.h"
 #include "cpu/memory.h"
+#include "pool_ops.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -855,247 +856,146 @@ void channel_max_backward_nhwc(const scalar_t* go, const int64_t* index, scalar_
   });
 }
 
-// --------------------------------------------------------------------------- host functions
+// --------------------------------------------------------------------------- backend
 
-bool is_nhwc(at::MemoryFormat format) { return format == at::MemoryFormat::ChannelsLast; }
+// The CPU backend of the ops in csrc/pool_ops.h; results on huge pages where
+// the system allows (cpu/memory.h).
+struct PoolBackend {
+  struct DeviceScope {
+    explicit DeviceScope(const at::Tensor&) {}
+  };
+  static constexpr auto empty_large = &cpu::empty_large;
 
-// Outputs and input gradients in the memory format of the input; large ones
-// on huge pages where the system allows (cpu/memory.h).
-at::Tensor empty_pooled(const at::Tensor& input, at::IntArrayRef sizes, at::ScalarType dtype,
-                        at::MemoryFormat format) {
-  return cpu::empty_large(sizes, input.options().dtype(dtype).memory_format(format));
-}
-
-// grad_input, zeroed for the kernels that scatter into it.
-at::Tensor grad_input_like(const at::Tensor& input, at::MemoryFormat format, bool zeroed) {
-  auto grad_input = empty_pooled(input, input.sizes(), input.scalar_type(), format);
-  return zeroed ? grad_input.zero_() : grad_input;
-}
-
-std::tuple<at::Tensor, at::Tensor> max_pool_forward(const at::Tensor& input,
-                                                    const Pool2dProblem& pb, bool adaptive) {
-  const auto format = input.suggest_memory_format();
-  auto out = empty_pooled(input, {pb.N, pb.C, pb.P, pb.Q}, input.scalar_type(), format);
-  auto index = empty_pooled(input, {pb.N, pb.C, pb.P, pb.Q}, at::kLong, format);
-  if (out.numel() == 0) return {out, index};
-  const auto x = input.contiguous(format);
-  const Windows windows = adaptive ? adaptive_windows(pb) : pool_windows(pb);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit.max_pool2d", [&] {
-    const scalar_t* in = x.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    int64_t* ix = index.mutable_data_ptr<int64_t>();
-    if (is_nhwc(format)) {
-      max_pool_nhwc(in, o, ix, pb, windows);
-    } else {
-      // Adaptive windows of varying sizes take the scalar path.
-      const bool uniform = adaptive && is_uniform_adaptive(pb);
-      max_pool_nchw(in, o, ix, uniform ? uniform_geometry(pb) : pb, !adaptive || uniform,
-                    windows);
-    }
-  });
-  return {out, index};
-}
-
-std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
-                                                  at::IntArrayRef kernel_size,
-                                                  at::IntArrayRef stride, at::IntArrayRef padding,
-                                                  at::IntArrayRef dilation, bool ceil_mode) {
-  const auto pb = max_pool2d_problem("cnnkit.max_pool2d", input, kernel_size, stride, padding,
-                                     dilation, ceil_mode);
-  return max_pool_forward(input, pb, /*adaptive=*/false);
-}
-
-std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& input,
-                                                           at::IntArrayRef output_size) {
-  const auto pb = adaptive_pool2d_problem("cnnkit.adaptive_max_pool2d", input, output_size);
-  return max_pool_forward(input, pb, /*adaptive=*/true);
-}
-
-at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                   const at::Tensor& indices) {
-  const char* fn = "cnnkit.max_pool2d_backward";
-  const auto pb = max_pool2d_backward_problem(fn, grad_output, input, indices);
-  const auto format = input.suggest_memory_format();
-  auto grad_input = grad_input_like(input, format, /*zeroed=*/false);
-  if (grad_input.numel() == 0) return grad_input;
-  const auto go = grad_output.contiguous(format);
-  const auto ix = indices.contiguous(format);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit.max_pool2d_backward", [&] {
-    const scalar_t* g = go.const_data_ptr<scalar_t>();
-    const int64_t* i = ix.const_data_ptr<int64_t>();
-    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
-    if (is_nhwc(format)) {
-      max_pool_backward_nhwc(g, i, gi, pb, fn);
-    } else {
-      max_pool_backward_nchw(g, i, gi, pb, fn);
-    }
-  });
-  return grad_input;
-}
-
-// Average and adaptive average pooling, forward.
-at::Tensor sum_pool_forward(const at::Tensor& input, const Pool2dProblem& pb, bool adaptive) {
-  const auto format = input.suggest_memory_format();
-  auto out = empty_pooled(input, {pb.N, pb.C, pb.P, pb.Q}, input.scalar_type(), format);
-  if (out.numel() == 0) return out;
-  const auto x = input.contiguous(format);
-  const Windows windows = adaptive ? adaptive_windows(pb) : pool_windows(pb);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit.avg_pool2d", [&] {
-    const scalar_t* in = x.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    auto finish = [&](auto sum, int64_t p, int64_t q) {
-      using T = decltype(sum);
-      return divide_window<scalar_t>(sum, windows, adaptive, p,
-                                     T(static_cast<scalar_t>(windows.col_count[q])));
-    };
-    if (is_nhwc(format)) {
-      sum_pool_nhwc(in, o, pb, windows, finish);
-    } else if (adaptive && pb.P == 1 && pb.Q == 1) {
-      global_avg_pool_nchw(in, o, pb.N * pb.C, pb.H, pb.W);
-    } else {
-      // Adaptive windows of varying sizes take the scalar path.
-      const bool uniform = adaptive && is_uniform_adaptive(pb);
-      avg_pool_nchw(in, o, uniform ? uniform_geometry(pb) : pb, windows, !adaptive || uniform,
-                    finish);
-    }
-  });
-  return out;
-}
-
-// Average and adaptive average pooling, backward: each output's gradient,
-// divided as in the forward, spread over its window.
-at::Tensor sum_pool_backward(const at::Tensor& grad_output, const at::Tensor& input,
-                             const Pool2dProblem& pb, bool adaptive) {
-  const auto format = input.suggest_memory_format();
-  // An empty output (adaptive output_size 0) leaves the gradient zero.
-  auto grad_input = grad_input_like(input, format, /*zeroed=*/grad_output.numel() == 0);
-  if (grad_output.numel() == 0) return grad_input;
-  const auto go = grad_output.contiguous(format);
-  const Windows windows = adaptive ? adaptive_windows(pb) : pool_windows(pb);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit.avg_pool2d_backward", [&] {
-    const scalar_t* g = go.const_data_ptr<scalar_t>();
-    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
-    if (is_nhwc(format)) {
-      gather_nhwc(g, gi, pb, windows, [&](auto grad, int64_t p, int64_t q) {
-        using T = decltype(grad);
-        return divide_window<scalar_t>(grad, windows, adaptive, p,
-                                       T(static_cast<scalar_t>(windows.col_count[q])));
-      });
-      return;
-    }
-    // The deltas of one output row, V at a time.
-    using V = Vec<scalar_t>;
-    const std::vector<scalar_t> col_count(windows.col_count.begin(), windows.col_count.end());
-    auto row_deltas = [&](int64_t p, const scalar_t* grad, scalar_t* delta) {
-      for (int64_t q = 0; q < pb.Q; q += V::size()) {
-        const int64_t n = std::min<int64_t>(V::size(), pb.Q - q);
-        divide_window<scalar_t>(V::loadu(grad + q, n), windows, adaptive, p,
-                                V::loadu(col_count.data() + q, n))
-            .store(delta + q, n);
+  static void max_pool(const Pool2dProblem& pb, bool adaptive, bool channels_last,
+                       const at::Tensor& x, at::Tensor& out, at::Tensor& index) {
+    const Windows windows = adaptive ? adaptive_windows(pb) : pool_windows(pb);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnnkit.max_pool2d", [&] {
+      const scalar_t* in = x.const_data_ptr<scalar_t>();
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      int64_t* ix = index.mutable_data_ptr<int64_t>();
+      if (channels_last) {
+        max_pool_nhwc(in, o, ix, pb, windows);
+      } else {
+        // Adaptive windows of varying sizes take the scalar path.
+        const bool uniform = adaptive && is_uniform_adaptive(pb);
+        max_pool_nchw(in, o, ix, uniform ? uniform_geometry(pb) : pb, !adaptive || uniform,
+                      windows);
       }
-    };
-    if (adaptive && pb.P == 1 && pb.Q == 1) {
-      global_avg_pool_backward_nchw(g, gi, pb.N * pb.C, pb.H, pb.W);
-      return;
-    }
-    // Adaptive windows of varying sizes take the scalar path.
-    const bool uniform = adaptive && is_uniform_adaptive(pb);
-    const Pool2dProblem geometry = uniform ? uniform_geometry(pb) : pb;
-    const bool vectorize = !adaptive || uniform;
-    const Interior inner = vectorize ? interior_columns(geometry) : Interior{0, 0};
-    with_column_stride(geometry.stride_w, vectorize, [&](auto s) {
-      spread_nchw<decltype(s)::value>(g, gi, geometry, windows, inner, row_deltas);
     });
-  });
-  return grad_input;
-}
+  }
 
-at::Tensor avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
-                          at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
-                          bool count_include_pad, std::optional<int64_t> divisor_override) {
-  const auto pb = avg_pool2d_problem("cnnkit.avg_pool2d", input, kernel_size, stride, padding,
-                                     ceil_mode, count_include_pad, divisor_override);
-  return sum_pool_forward(input, pb, /*adaptive=*/false);
-}
+  static void max_pool_backward(const Pool2dProblem& pb, const char* fn, bool channels_last,
+                                const at::Tensor& go, const at::Tensor& ix,
+                                at::Tensor& grad_input) {
+    AT_DISPATCH_FLOATING_TYPES(grad_input.scalar_type(), "cnnkit.max_pool2d_backward", [&] {
+      const scalar_t* g = go.const_data_ptr<scalar_t>();
+      const int64_t* i = ix.const_data_ptr<int64_t>();
+      scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+      if (channels_last) {
+        max_pool_backward_nhwc(g, i, gi, pb, fn);
+      } else {
+        max_pool_backward_nchw(g, i, gi, pb, fn);
+      }
+    });
+  }
 
-at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, bool ceil_mode,
-                                   bool count_include_pad,
-                                   std::optional<int64_t> divisor_override) {
-  const auto pb = avg_pool2d_backward_problem("cnnkit.avg_pool2d_backward", grad_output, input,
-                                              kernel_size, stride, padding, ceil_mode,
-                                              count_include_pad, divisor_override);
-  return sum_pool_backward(grad_output, input, pb, /*adaptive=*/false);
-}
+  static void avg_pool(const Pool2dProblem& pb, bool adaptive, bool channels_last,
+                       const at::Tensor& x, at::Tensor& out) {
+    const Windows windows = adaptive ? adaptive_windows(pb) : pool_windows(pb);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnnkit.avg_pool2d", [&] {
+      const scalar_t* in = x.const_data_ptr<scalar_t>();
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      auto finish = [&](auto sum, int64_t p, int64_t q) {
+        using T = decltype(sum);
+        return divide_window<scalar_t>(sum, windows, adaptive, p,
+                                       T(static_cast<scalar_t>(windows.col_count[q])));
+      };
+      if (channels_last) {
+        sum_pool_nhwc(in, o, pb, windows, finish);
+      } else if (adaptive && pb.P == 1 && pb.Q == 1) {
+        global_avg_pool_nchw(in, o, pb.N * pb.C, pb.H, pb.W);
+      } else {
+        // Adaptive windows of varying sizes take the scalar path.
+        const bool uniform = adaptive && is_uniform_adaptive(pb);
+        avg_pool_nchw(in, o, uniform ? uniform_geometry(pb) : pb, windows, !adaptive || uniform,
+                      finish);
+      }
+    });
+  }
 
-at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef output_size) {
-  const auto pb = adaptive_pool2d_problem("cnnkit.adaptive_avg_pool2d", input, output_size);
-  return sum_pool_forward(input, pb, /*adaptive=*/true);
-}
+  static void avg_pool_backward(const Pool2dProblem& pb, bool adaptive, bool channels_last,
+                                const at::Tensor& go, at::Tensor& grad_input) {
+    const Windows windows = adaptive ? adaptive_windows(pb) : pool_windows(pb);
+    AT_DISPATCH_FLOATING_TYPES(grad_input.scalar_type(), "cnnkit.avg_pool2d_backward", [&] {
+      const scalar_t* g = go.const_data_ptr<scalar_t>();
+      scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+      if (channels_last) {
+        gather_nhwc(g, gi, pb, windows, [&](auto grad, int64_t p, int64_t q) {
+          using T = decltype(grad);
+          return divide_window<scalar_t>(grad, windows, adaptive, p,
+                                         T(static_cast<scalar_t>(windows.col_count[q])));
+        });
+        return;
+      }
+      // The deltas of one output row, V at a time.
+      using V = Vec<scalar_t>;
+      const std::vector<scalar_t> col_count(windows.col_count.begin(), windows.col_count.end());
+      auto row_deltas = [&](int64_t p, const scalar_t* grad, scalar_t* delta) {
+        for (int64_t q = 0; q < pb.Q; q += V::size()) {
+          const int64_t n = std::min<int64_t>(V::size(), pb.Q - q);
+          divide_window<scalar_t>(V::loadu(grad + q, n), windows, adaptive, p,
+                                  V::loadu(col_count.data() + q, n))
+              .store(delta + q, n);
+        }
+      };
+      if (adaptive && pb.P == 1 && pb.Q == 1) {
+        global_avg_pool_backward_nchw(g, gi, pb.N * pb.C, pb.H, pb.W);
+        return;
+      }
+      // Adaptive windows of varying sizes take the scalar path.
+      const bool uniform = adaptive && is_uniform_adaptive(pb);
+      const Pool2dProblem geometry = uniform ? uniform_geometry(pb) : pb;
+      const bool vectorize = !adaptive || uniform;
+      const Interior inner = vectorize ? interior_columns(geometry) : Interior{0, 0};
+      with_column_stride(geometry.stride_w, vectorize, [&](auto s) {
+        spread_nchw<decltype(s)::value>(g, gi, geometry, windows, inner, row_deltas);
+      });
+    });
+  }
 
-at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output,
-                                            const at::Tensor& input) {
-  const auto pb = adaptive_avg_pool2d_backward_problem("cnnkit.adaptive_avg_pool2d_backward",
-                                                       grad_output, input);
-  return sum_pool_backward(grad_output, input, pb, /*adaptive=*/true);
-}
+  static void channel_max_pool(const ChannelPoolProblem& pb, bool channels_last,
+                               const at::Tensor& x, at::Tensor& out, at::Tensor& index) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cnnkit.channel_max_pool", [&] {
+      const scalar_t* in = x.const_data_ptr<scalar_t>();
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      int64_t* ix = index.mutable_data_ptr<int64_t>();
+      if (channels_last) {
+        channel_max_nhwc(in, o, ix, pb);
+      } else {
+        channel_max_nchw(in, o, ix, pb);
+      }
+    });
+  }
 
-std::tuple<at::Tensor, at::Tensor> channel_max_pool_cpu(const at::Tensor& input,
-                                                        int64_t pool_size) {
-  const auto pb = channel_max_pool_problem("cnnkit.channel_max_pool", input, pool_size);
-  const auto format = input.suggest_memory_format();
-  const std::vector<int64_t> sizes{pb.N, pb.out_channels(), pb.H, pb.W};
-  auto out = empty_pooled(input, sizes, input.scalar_type(), format);
-  auto index = empty_pooled(input, sizes, at::kLong, format);
-  if (out.numel() == 0) return {out, index};
-  const auto x = input.contiguous(format);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit.channel_max_pool", [&] {
-    const scalar_t* in = x.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    int64_t* ix = index.mutable_data_ptr<int64_t>();
-    if (is_nhwc(format)) {
-      channel_max_nhwc(in, o, ix, pb);
-    } else {
-      channel_max_nchw(in, o, ix, pb);
-    }
-  });
-  return {out, index};
-}
-
-at::Tensor channel_max_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                         const at::Tensor& indices, int64_t pool_size) {
-  const auto pb = channel_max_pool_backward_problem("cnnkit.channel_max_pool_backward",
-                                                    grad_output, input, indices, pool_size);
-  const auto format = input.suggest_memory_format();
-  auto grad_input = grad_input_like(input, format, /*zeroed=*/false);
-  if (grad_input.numel() == 0) return grad_input;
-  const auto go = grad_output.contiguous(format);
-  const auto ix = indices.contiguous(format);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit.channel_max_pool_backward", [&] {
-    const scalar_t* g = go.const_data_ptr<scalar_t>();
-    const int64_t* i = ix.const_data_ptr<int64_t>();
-    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
-    if (is_nhwc(format)) {
-      channel_max_backward_nhwc(g, i, gi, pb);
-    } else {
-      channel_max_backward_nchw(g, i, gi, pb);
-    }
-  });
-  return grad_input;
-}
+  static void channel_max_pool_backward(const ChannelPoolProblem& pb, bool channels_last,
+                                        const at::Tensor& go, const at::Tensor& ix,
+                                        at::Tensor& grad_input) {
+    AT_DISPATCH_FLOATING_TYPES(grad_input.scalar_type(), "cnnkit.channel_max_pool_backward", [&] {
+      const scalar_t* g = go.const_data_ptr<scalar_t>();
+      const int64_t* i = ix.const_data_ptr<int64_t>();
+      scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+      if (channels_last) {
+        channel_max_backward_nhwc(g, i, gi, pb);
+      } else {
+        channel_max_backward_nchw(g, i, gi, pb);
+      }
+    });
+  }
+};
 
 }  // namespace
 }  // namespace cnnkit
 
 TORCH_LIBRARY_IMPL(cnnkit, CPU, m) {
-  m.impl("max_pool2d", &cnnkit::max_pool2d_cpu);
-  m.impl("max_pool2d_backward", &cnnkit::max_pool2d_backward_cpu);
-  m.impl("avg_pool2d", &cnnkit::avg_pool2d_cpu);
-  m.impl("avg_pool2d_backward", &cnnkit::avg_pool2d_backward_cpu);
-  m.impl("adaptive_max_pool2d", &cnnkit::adaptive_max_pool2d_cpu);
-  m.impl("adaptive_avg_pool2d", &cnnkit::adaptive_avg_pool2d_cpu);
-  m.impl("adaptive_avg_pool2d_backward", &cnnkit::adaptive_avg_pool2d_backward_cpu);
-  m.impl("channel_max_pool", &cnnkit::channel_max_pool_cpu);
-  m.impl("channel_max_pool_backward", &cnnkit::channel_max_pool_backward_cpu);
+  CNNKIT_REGISTER_POOL2D_OPS(m, cnnkit::PoolBackend);
 }

@@ -144,7 +144,8 @@ CNNKIT_HOST_DEVICE int floor_mod(int x, int m) {
 // A walk over the cells (n, i, j) of an (n, rows, cols) grid in flattened
 // order l = (n*rows + i)*cols + j, advanced by a fixed step without division:
 // the step is split once as step = dn*rows*cols + di*cols + dj with di < rows
-// and dj < cols, so each carry is a single conditional subtraction.
+// and dj < cols, so each carry is a single conditional subtraction. Walks
+// output pixels (n, i, j) and the GEMM K indices (c, r, s) / (k, ri, si).
 struct GridStep {
   int dn, di, dj;
 };
@@ -373,6 +374,101 @@ struct alignas(16) GatherRow {
 };
 constexpr int kInvalidCoordinate = -(1 << 30) - (1 << 28);
 
+// The gather of the A operand through the row table: reg[i] = src[row.offset]
+// for row = rows[first + kStride*i] when `active` and (row.y + dy, row.x + dx)
+// lies inside the height x width source plane, else zero (src already points
+// at the K index's displacement delta).
+template <int kStride, typename T, int kRows>
+__device__ __forceinline__ void gather_rows(const GatherRow* rows, int first, int dy, int dx,
+                                            int height, int width, bool active, const T* src,
+                                            T (&reg)[kRows]) {
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+    const GatherRow row = rows[first + kStride * i];
+    const int y = row.y + dy, x = row.x + dx;
+    T v = T(0);
+    if (active && static_cast<unsigned>(y) < unsigned(height) &&
+        static_cast<unsigned>(x) < unsigned(width)) {
+      v = __ldg(src + row.offset);
+    }
+    reg[i] = v;
+  }
+}
+
+// tile_row[first + kStride*i] = reg[i]: a thread's loaded elements into one
+// K row of a shared-memory tile.
+template <int kStride, typename T, int kCount>
+__device__ __forceinline__ void store_strided(T* tile_row, int first, const T (&reg)[kCount]) {
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) tile_row[first + kStride * i] = reg[i];
+}
+
+// ------------------------------------------------------------------ epilogue
+//
+// Column e of a thread's micro-tile is GEMM column n0 + micro_row<BN, TN>(e, ty);
+// it exists when below the column count and starts at `offset` in the destination.
+template <typename Shape>
+struct TileColumns {
+  bool ok[Shape::TN];
+  int64_t offset[Shape::TN];
+};
+
+template <typename Shape, typename Offset>
+__device__ __forceinline__ TileColumns<Shape> tile_columns(int n0, int count,
+                                                           const Offset& offset) {
+  TileColumns<Shape> cols;
+  const int ty = threadIdx.x / 16;
+#pragma unroll
+  for (int e = 0; e < Shape::TN; ++e) {
+    const int column = n0 + micro_row<Shape::BN, Shape::TN>(e, ty);
+    cols.ok[e] = column < count;
+    cols.offset[e] = offset(column);
+  }
+  return cols;
+}
+
+// Writes a thread's micro-tile: value(r, e) of block-tile row m < M and column
+// e goes to dst[row offset + cols.offset[e]]. vector_store (the host's
+// check): TM/2 consecutive rows from a multiple of TM/2 are contiguous in dst
+// from dense_row(first of them), and go as one vector store; otherwise each
+// row goes to row(m).
+template <typename T, typename Shape, typename Value, typename DenseRow, typename Row>
+__device__ __forceinline__ void store_micro_tile(T* dst, int64_t m0, int64_t M, bool vector_store,
+                                                 const TileColumns<Shape>& cols,
+                                                 const Value& value, const DenseRow& dense_row,
+                                                 const Row& row) {
+  constexpr int BM = Shape::BM, TM = Shape::TM, TN = Shape::TN;
+  const int tx = threadIdx.x % 16;
+  if (vector_store) {
+    using V = Vec<T, TM / 2>;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t m = m0 + h * (BM / 2) + tx * (TM / 2);
+      if (m >= M) continue;
+      const int64_t row_offset = dense_row(m);
+#pragma unroll
+      for (int e = 0; e < TN; ++e) {
+        if (!cols.ok[e]) continue;
+        V v;
+#pragma unroll
+        for (int i = 0; i < TM / 2; ++i) v.v[i] = value(h * (TM / 2) + i, e);
+        *reinterpret_cast<V*>(dst + row_offset + cols.offset[e]) = v;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < TM; ++r) {
+      const int64_t m = m0 + micro_row<BM, TM>(r, tx);
+      if (m >= M) continue;
+      const int64_t row_offset = row(m);
+#pragma unroll
+      for (int e = 0; e < TN; ++e) {
+        if (cols.ok[e]) dst[row_offset + cols.offset[e]] = value(r, e);
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------- forward
 //
 // GEMM per (phase t, group g): rows m = (n, i, j) output pixels of the phase
@@ -389,8 +485,7 @@ struct ForwardArgs {
   Conv2dProblem problem;
   Geometry geo;
   int patch;  // Cg*R*S
-  // BK = step_c*R*S + step_r*S + step_s with step_r < R, step_s < S.
-  int step_c, step_r, step_s;
+  GridStep patch_step;  // BK as a step over (c, r, s)
   int n_tiles, z_offset;
   bool vector_store;  // one phase and P*Q a multiple of TM/2: rows store as vectors
 };
@@ -422,9 +517,9 @@ struct ForwardLoader {
   const ForwardArgs<T>& args;
   const GatherRow* rows;  // the block's row table
   // A: this thread loads tile row kk = warp for block rows lane + 32*i; its
-  // K index k0 + warp is kept as (c, r, s).
+  // K index k0 + warp is kept as (c, r, s) in a_tap.
   int k0;
-  int a_c, a_r, a_s;
+  GridCursor a_tap;
   // B: this thread loads column b_col, K indices k0 + b_j + [0, B_ELEMS).
   const T* b_weight_row;  // null for a column outside the group
   int b_col, b_j;
@@ -437,9 +532,7 @@ struct ForwardLoader {
     const int warp = threadIdx.x / 32;
     const int RS = geo.R * geo.S;
     k0 = 0;
-    a_c = warp / RS;
-    a_r = (warp % RS) / geo.S;
-    a_s = warp % geo.S;
+    a_tap = {warp / RS, (warp % RS) / geo.S, warp % geo.S};
     b_col = threadIdx.x / B_SPLIT;
     b_j = (threadIdx.x % B_SPLIT) * B_ELEMS;
     const int k = n0 + b_col;
@@ -452,19 +545,9 @@ struct ForwardLoader {
     const Geometry& geo = args.geo;
     const int lane = threadIdx.x % 32;
     const bool j_ok = k0 + static_cast<int>(threadIdx.x / 32) < args.patch;
-    const int rd = a_r * geo.dilation_h, sd = a_s * geo.dilation_w;
-    const int64_t delta = int64_t{a_c} * geo.HW + int64_t{rd} * geo.W + sd;
-#pragma unroll
-    for (int i = 0; i < A_ROWS; ++i) {
-      const GatherRow row = rows[lane + 32 * i];
-      const int ih = row.y + rd, iw = row.x + sd;
-      T v = T(0);
-      if (j_ok && static_cast<unsigned>(ih) < unsigned(geo.H) &&
-          static_cast<unsigned>(iw) < unsigned(geo.W)) {
-        v = __ldg(args.input + row.offset + delta);
-      }
-      a_reg[i] = v;
-    }
+    const int rd = a_tap.i * geo.dilation_h, sd = a_tap.j * geo.dilation_w;
+    const int64_t delta = int64_t{a_tap.n} * geo.HW + int64_t{rd} * geo.W + sd;
+    gather_rows<32>(rows, lane, rd, sd, geo.H, geo.W, j_ok, args.input + delta, a_reg);
 #pragma unroll
     for (int e = 0; e < B_ELEMS; ++e) {
       const int j = k0 + b_j + e;
@@ -472,24 +555,13 @@ struct ForwardLoader {
     }
     // Next K-step: k0 += BK, carried through (c, r, s).
     k0 += BK;
-    a_s += args.step_s;
-    if (a_s >= geo.S) {
-      a_s -= geo.S;
-      ++a_r;
-    }
-    a_r += args.step_r;
-    if (a_r >= geo.R) {
-      a_r -= geo.R;
-      ++a_c;
-    }
-    a_c += args.step_c;
+    a_tap.advance(args.patch_step, geo.R, geo.S);
   }
 
   __device__ __forceinline__ void store(T (*As)[Shape::BM + kSmemPad],
                                         T (*Bs)[Shape::BN + kSmemPad]) const {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll
-    for (int i = 0; i < A_ROWS; ++i) As[warp][lane + 32 * i] = a_reg[i];
+    store_strided<32>(As[warp], lane, a_reg);
     const int j0 = (threadIdx.x % B_SPLIT) * B_ELEMS;
 #pragma unroll
     for (int e = 0; e < B_ELEMS; ++e) Bs[j0 + e][b_col] = b_reg[e];
@@ -519,58 +591,35 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   gemm_mainloop<T, Shape, BK>(loader, ceil_div(args.patch, BK), As, Bs, acc);
 
   // Epilogue: Z[n, g*Kg + k, p, q] = acc + bias[t, g*Kg + k].
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  int64_t col_offset[TN];
+  const auto cols = tile_columns<Shape>(bt.n0, geo.Kg,
+                                        [&](int k) { return int64_t{g * geo.Kg + k} * geo.PQ; });
   T col_bias[TN];
-  bool col_ok[TN];
 #pragma unroll
   for (int e = 0; e < TN; ++e) {
-    const int k = bt.n0 + micro_row<Shape::BN, TN>(e, ty);
-    col_ok[e] = k < geo.Kg;
-    const int channel = g * geo.Kg + k;
-    col_offset[e] = int64_t{channel} * geo.PQ;
-    col_bias[e] = (args.bias != nullptr && col_ok[e]) ? args.bias[int64_t{t} * geo.K + channel]
-                                                       : T(0);
+    const int k = bt.n0 + micro_row<Shape::BN, TN>(e, threadIdx.x / 16);
+    col_bias[e] = (args.bias != nullptr && cols.ok[e])
+                      ? args.bias[int64_t{t} * geo.K + g * geo.Kg + k]
+                      : T(0);
   }
   const int64_t out_plane = int64_t{geo.K} * geo.PQ;
-  if (args.vector_store) {
-    // One phase: row m is pixel m % PQ of sample m / PQ, and TM/2 consecutive
-    // rows starting at a multiple of TM/2 share a sample (PQ % (TM/2) == 0).
-    using V = Vec<T, TM / 2>;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t m = bt.m0 + h * (BM / 2) + tx * (TM / 2);
-      if (m >= M) continue;
-      const int64_t n = m / geo.PQ;
-      const int64_t row_offset = n * out_plane + (m - n * geo.PQ);
-#pragma unroll
-      for (int e = 0; e < TN; ++e) {
-        if (!col_ok[e]) continue;
-        V v;
-#pragma unroll
-        for (int i = 0; i < TM / 2; ++i) v.v[i] = acc[h * (TM / 2) + i][e] + col_bias[e];
-        *reinterpret_cast<V*>(args.output + row_offset + col_offset[e]) = v;
-      }
-    }
-  } else {
-    const int64_t plane = ph.P_a * ph.Q_b;
-    const int Qb = static_cast<int>(ph.Q_b);
-#pragma unroll
-    for (int r = 0; r < TM; ++r) {
-      const int64_t m = bt.m0 + micro_row<BM, TM>(r, tx);
-      if (m >= M) continue;
-      const int64_t n = m / plane;
-      const int64_t rem = m - n * plane;
-      const int row = static_cast<int>(rem / Qb), col = static_cast<int>(rem - int64_t{row} * Qb);
-      const int p = static_cast<int>(ph.a) + row * geo.tile_h;
-      const int q = static_cast<int>(ph.b) + col * geo.tile_w;
-      const int64_t row_offset = n * out_plane + int64_t{p} * geo.Q + q;
-#pragma unroll
-      for (int e = 0; e < TN; ++e) {
-        if (col_ok[e]) args.output[row_offset + col_offset[e]] = acc[r][e] + col_bias[e];
-      }
-    }
-  }
+  const int64_t plane = ph.P_a * ph.Q_b;
+  const int Qb = static_cast<int>(ph.Q_b);
+  store_micro_tile<T, Shape>(
+      args.output, bt.m0, M, args.vector_store, cols,
+      [&](int r, int e) { return acc[r][e] + col_bias[e]; },
+      // One phase: row m is pixel m % PQ of sample m / PQ.
+      [&](int64_t m) {
+        const int64_t n = m / geo.PQ;
+        return n * out_plane + (m - n * geo.PQ);
+      },
+      [&](int64_t m) {
+        const int64_t n = m / plane;
+        const int64_t rem = m - n * plane;
+        const int row = static_cast<int>(rem / Qb), col = static_cast<int>(rem - int64_t{row} * Qb);
+        const int p = static_cast<int>(ph.a) + row * geo.tile_h;
+        const int q = static_cast<int>(ph.b) + col * geo.tile_w;
+        return n * out_plane + int64_t{p} * geo.Q + q;
+      });
 }
 
 // ------------------------------------------------------------ input gradient
@@ -641,10 +690,11 @@ struct InputBackwardLoader {
   const TapSet taps_h, taps_w;
   const int g;
   int kdim;  // K length: Kg * taps
-  // K index of this thread's tile row (kk = warp) and its (k, ri, si); the
-  // per-step carry BK = step_k*taps + step_ri*Sc + step_si.
-  int j, k, ri, si;
-  int step_k, step_ri, step_si;
+  // K index j of this thread's tile row (kk = warp) and its (k, ri, si) in
+  // `tap`; `step` is BK as a step over (k, ri, si).
+  int j;
+  GridCursor tap;
+  GridStep step;
   int b_c;  // first input channel this thread loads: n0 + lane
   T a_reg[A_ROWS], b_reg[B_COLS];
 
@@ -656,14 +706,11 @@ struct InputBackwardLoader {
     const int taps = th.count * tw.count;
     kdim = args.geo.Kg * taps;
     j = warp;
-    k = ri = si = step_k = step_ri = step_si = 0;
+    tap = {0, 0, 0};
+    step = {0, 0, 0};
     if (taps > 0) {
-      k = warp / taps;
-      ri = (warp % taps) / tw.count;
-      si = warp % tw.count;
-      step_k = BK / taps;
-      step_ri = (BK % taps) / tw.count;
-      step_si = BK % tw.count;
+      tap = {warp / taps, (warp % taps) / tw.count, warp % tw.count};
+      step = {BK / taps, (BK % taps) / tw.count, BK % tw.count};
     }
     b_c = n0 + lane;
   }
@@ -671,21 +718,13 @@ struct InputBackwardLoader {
   __device__ __forceinline__ void load() {
     const Geometry& geo = args.geo;
     const bool j_ok = j < kdim;
+    const int k = tap.n, ri = tap.i, si = tap.j;
     const int p_off = taps_h.offset0 - ri * args.row_step_h;
     const int q_off = taps_w.offset0 - si * args.row_step_w;
     const int64_t delta = int64_t{k} * geo.PQ + int64_t{p_off} * geo.Q + q_off;
     const int lane = threadIdx.x % 32;
-#pragma unroll
-    for (int i = 0; i < A_ROWS; ++i) {
-      const GatherRow row = rows[lane + 32 * i];
-      const int p = row.y + p_off, q = row.x + q_off;
-      T v = T(0);
-      if (j_ok && static_cast<unsigned>(p) < unsigned(geo.P) &&
-          static_cast<unsigned>(q) < unsigned(geo.Q)) {
-        v = __ldg(args.grad_output + row.offset + delta);
-      }
-      a_reg[i] = v;
-    }
+    gather_rows<32>(rows, lane, p_off, q_off, geo.P, geo.Q, j_ok, args.grad_output + delta,
+                    a_reg);
     // The weight tile of output location (p, q): p mod tH = p_off mod tH.
     const int tile_a = geo.tile_h > 1 ? floor_mod(p_off, geo.tile_h) : 0;
     const int tile_b = geo.tile_w > 1 ? floor_mod(q_off, geo.tile_w) : 0;
@@ -701,26 +740,14 @@ struct InputBackwardLoader {
     }
     // Next K-step: j += BK, carried through (k, ri, si).
     j += BK;
-    si += step_si;
-    if (si >= taps_w.count) {
-      si -= taps_w.count;
-      ++ri;
-    }
-    ri += step_ri;
-    if (ri >= taps_h.count) {
-      ri -= taps_h.count;
-      ++k;
-    }
-    k += step_k;
+    tap.advance(step, taps_h.count, taps_w.count);
   }
 
   __device__ __forceinline__ void store(T (*As)[Shape::BM + kSmemPad],
                                         T (*Bs)[Shape::BN + kSmemPad]) const {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll
-    for (int i = 0; i < A_ROWS; ++i) As[warp][lane + 32 * i] = a_reg[i];
-#pragma unroll
-    for (int e = 0; e < B_COLS; ++e) Bs[warp][lane + 32 * e] = b_reg[e];
+    store_strided<32>(As[warp], lane, a_reg);
+    store_strided<32>(Bs[warp], lane, b_reg);
   }
 };
 
@@ -756,50 +783,25 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   gemm_mainloop<T, Shape, BK>(loader, ceil_div(loader.kdim, BK), As, Bs, acc);
 
   // Epilogue: dX[n, g*Cg + c, h, w] = acc.
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  int64_t col_offset[TN];
-  bool col_ok[TN];
-#pragma unroll
-  for (int e = 0; e < TN; ++e) {
-    const int c = bt.n0 + micro_row<Shape::BN, TN>(e, ty);
-    col_ok[e] = c < geo.Cg;
-    col_offset[e] = int64_t{g * geo.Cg + c} * geo.HW;
-  }
+  const auto cols = tile_columns<Shape>(bt.n0, geo.Cg,
+                                        [&](int c) { return int64_t{g * geo.Cg + c} * geo.HW; });
   const int64_t in_plane = int64_t{geo.C} * geo.HW;
-  if (args.vector_store) {
-    using V = Vec<T, TM / 2>;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t m = bt.m0 + h * (BM / 2) + tx * (TM / 2);
-      if (m >= M) continue;
-      const int64_t n = m / geo.HW;
-      const int64_t row_offset = n * in_plane + (m - n * geo.HW);
-#pragma unroll
-      for (int e = 0; e < TN; ++e) {
-        if (!col_ok[e]) continue;
-        V v;
-#pragma unroll
-        for (int i = 0; i < TM / 2; ++i) v.v[i] = acc[h * (TM / 2) + i][e];
-        *reinterpret_cast<V*>(args.grad_input + row_offset + col_offset[e]) = v;
-      }
-    }
-  } else {
-    const int64_t plane = int64_t{Hc} * Wc;
-#pragma unroll
-    for (int r = 0; r < TM; ++r) {
-      const int64_t m = bt.m0 + micro_row<BM, TM>(r, tx);
-      if (m >= M) continue;
-      const int64_t n = m / plane;
-      const int64_t rem = m - n * plane;
-      const int u = static_cast<int>(rem / Wc), v = static_cast<int>(rem - int64_t{u} * Wc);
-      const int h = rho_h + u * args.class_stride_h, w = rho_w + v * args.class_stride_w;
-      const int64_t row_offset = n * in_plane + int64_t{h} * geo.W + w;
-#pragma unroll
-      for (int e = 0; e < TN; ++e) {
-        if (col_ok[e]) args.grad_input[row_offset + col_offset[e]] = acc[r][e];
-      }
-    }
-  }
+  const int64_t plane = int64_t{Hc} * Wc;
+  store_micro_tile<T, Shape>(
+      args.grad_input, bt.m0, M, args.vector_store, cols,
+      [&](int r, int e) { return acc[r][e]; },
+      // A single class: row m is pixel m % HW of sample m / HW.
+      [&](int64_t m) {
+        const int64_t n = m / geo.HW;
+        return n * in_plane + (m - n * geo.HW);
+      },
+      [&](int64_t m) {
+        const int64_t n = m / plane;
+        const int64_t rem = m - n * plane;
+        const int u = static_cast<int>(rem / Wc), v = static_cast<int>(rem - int64_t{u} * Wc);
+        const int h = rho_h + u * args.class_stride_h, w = rho_w + v * args.class_stride_w;
+        return n * in_plane + int64_t{h} * geo.W + w;
+      });
 }
 
 // ----------------------------------------------------------- weight gradient
@@ -886,17 +888,8 @@ struct WeightBackwardLoader {
     const int64_t x_offset = int64_t{pixel.n} * geo.C * geo.HW + int64_t{ih0} * geo.W + iw0;
     const int64_t g_offset =
         int64_t{pixel.n} * geo.K * geo.PQ + int64_t{p} * geo.Q + q + b_offset;
-#pragma unroll
-    for (int i = 0; i < A_ROWS; ++i) {
-      const GatherRow row = rows[e_lane + E_LANES * i];
-      const int ih = ih0 + row.y, iw = iw0 + row.x;
-      T v = T(0);
-      if (l_ok && static_cast<unsigned>(ih) < unsigned(geo.H) &&
-          static_cast<unsigned>(iw) < unsigned(geo.W)) {
-        v = __ldg(args.input + x_offset + row.offset);
-      }
-      a_reg[i] = v;
-    }
+    gather_rows<E_LANES>(rows, e_lane, ih0, iw0, geo.H, geo.W, l_ok, args.input + x_offset,
+                         a_reg);
 #pragma unroll
     for (int e = 0; e < B_COLS; ++e) {
       const bool ok = l_ok && b_k + E_LANES * e < geo.Kg;
@@ -911,10 +904,8 @@ struct WeightBackwardLoader {
   __device__ __forceinline__ void store(T (*As)[Shape::BM + kSmemPad],
                                         T (*Bs)[Shape::BN + kSmemPad]) const {
     const int l_lane = threadIdx.x % K_LANES, e_lane = threadIdx.x / K_LANES;
-#pragma unroll
-    for (int i = 0; i < A_ROWS; ++i) As[l_lane][e_lane + E_LANES * i] = a_reg[i];
-#pragma unroll
-    for (int e = 0; e < B_COLS; ++e) Bs[l_lane][e_lane + E_LANES * e] = b_reg[e];
+    store_strided<E_LANES>(As[l_lane], e_lane, a_reg);
+    store_strided<E_LANES>(Bs[l_lane], e_lane, b_reg);
   }
 };
 
@@ -947,43 +938,14 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   gemm_mainloop<T, Shape, BK>(loader, end_tile - first_tile, As, Bs, acc);
 
   // Epilogue: out[slice, t, g, k, (c,r,s)] = acc.
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   T* out = args.out +
            ((int64_t{slice} * T_phases + t) * geo.groups + g) * geo.Kg * int64_t{args.patch};
-  int64_t col_offset[TN];
-  bool col_ok[TN];
-#pragma unroll
-  for (int e = 0; e < TN; ++e) {
-    const int k = bt.n0 + micro_row<Shape::BN, TN>(e, ty);
-    col_ok[e] = k < geo.Kg;
-    col_offset[e] = int64_t{k} * args.patch;
-  }
-  if (args.vector_store) {
-    using V = Vec<T, TM / 2>;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t j = bt.m0 + h * (BM / 2) + tx * (TM / 2);
-      if (j >= args.patch) continue;
-#pragma unroll
-      for (int e = 0; e < TN; ++e) {
-        if (!col_ok[e]) continue;
-        V v;
-#pragma unroll
-        for (int i = 0; i < TM / 2; ++i) v.v[i] = acc[h * (TM / 2) + i][e];
-        *reinterpret_cast<V*>(out + col_offset[e] + j) = v;
-      }
-    }
-  } else {
-#pragma unroll
-    for (int r = 0; r < TM; ++r) {
-      const int64_t j = bt.m0 + micro_row<BM, TM>(r, tx);
-      if (j >= args.patch) continue;
-#pragma unroll
-      for (int e = 0; e < TN; ++e) {
-        if (col_ok[e]) out[col_offset[e] + j] = acc[r][e];
-      }
-    }
-  }
+  const auto cols =
+      tile_columns<Shape>(bt.n0, geo.Kg, [&](int k) { return int64_t{k} * args.patch; });
+  const auto patch_row = [](int64_t j) { return j; };  // rows (c, r, s) are contiguous
+  store_micro_tile<T, Shape>(
+      out, bt.m0, args.patch, args.vector_store, cols, [&](int r, int e) { return acc[r][e]; },
+      patch_row, patch_row);
 }
 
 // ---------------------------------------------------------- GEMM launch plans
@@ -1034,15 +996,6 @@ void launch_gemm(Kernel kernel, Args args, int64_t m_tiles, int64_t n_tiles, int
   }
 }
 
-// BK = step_c*R*S + step_r*S + step_s.
-template <typename T>
-void set_patch_steps(ForwardArgs<T>& args, int BK) {
-  const int RS = args.geo.R * args.geo.S;
-  args.step_c = BK / RS;
-  args.step_r = (BK % RS) / args.geo.S;
-  args.step_s = BK % args.geo.S;
-}
-
 template <typename T>
 void gemm_forward(const Conv2dProblem& pb, const Geometry& geo, const at::Tensor& input,
                   const at::Tensor& weight_phases, const at::Tensor& bias_phases,
@@ -1055,7 +1008,7 @@ void gemm_forward(const Conv2dProblem& pb, const Geometry& geo, const at::Tensor
   args.problem = pb;
   args.geo = geo;
   args.patch = geo.Cg * geo.R * geo.S;
-  set_patch_steps(args, kForwardBK);
+  args.patch_step = grid_step(kForwardBK, geo.R, geo.S);
   const ConvPhase largest = conv_phase(pb, 0);
   const int64_t rows = pb.N * largest.P_a * largest.Q_b, gemms = phase_count(pb) * pb.groups;
   with_tile_shape<T>(choose_tile(rows, geo.Kg, gemms), [&](auto shape) {

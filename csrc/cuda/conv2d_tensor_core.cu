@@ -269,6 +269,18 @@ __device__ __forceinline__ void store_accumulators(Accumulators<Shape>& acc, flo
 
 // ------------------------------------------------------------------ operands
 
+// Stores a thread's run of kElems 16-bit values (packed in pairs) at row `row`,
+// reduction offset kk_local of a [rows][kPitch] operand tile: 16-byte stores.
+template <typename Shape, int kElems>
+__device__ __forceinline__ void stage_run(uint16_t* tile, int row, int kk_local,
+                                          const uint32_t (&regs)[kElems / 2]) {
+  uint4* dst = reinterpret_cast<uint4*>(tile + row * Shape::kPitch + kk_local);
+#pragma unroll
+  for (int v = 0; v < kElems / 8; ++v) {
+    dst[v] = make_uint4(regs[4 * v], regs[4 * v + 1], regs[4 * v + 2], regs[4 * v + 3]);
+  }
+}
+
 // B operand of forward and input backward: B[kk, n] = rows[n][kk] for a
 // row-major (rows x length) matrix. kThreadsPerRow threads share a row, each
 // loading kElems consecutive kk (8 at a time with 16-byte loads when the host
@@ -318,72 +330,42 @@ struct RowOperand {
   }
 
   __device__ __forceinline__ void stage(uint16_t* tile) const {
-    uint4* dst = reinterpret_cast<uint4*>(tile + n_local * Shape::kPitch + kk_local);
-#pragma unroll
-    for (int v = 0; v < kElems / 8; ++v) {
-      dst[v] = make_uint4(regs[4 * v], regs[4 * v + 1], regs[4 * v + 2], regs[4 * v + 3]);
-    }
+    stage_run<Shape, kElems>(tile, n_local, kk_local, regs);
   }
 };
 
-// A operand of the forward GEMM: A[m, kk] = X[n, g*Cg + c, ih, iw] with m the
-// phase's output pixel (n, i, j) and kk = (r, s, c), channel fastest (the
-// weight rows are permuted to match on the host). Each thread stays on one m
-// (consecutive threads on consecutive m: consecutive input columns) and
-// gathers kElems consecutive kk. kOneTapPerRun: Cg is a multiple of kElems,
-// so the run shares one tap (r, s): one bounds check, then one load per
-// channel plane.
-template <typename Shape, typename index_t, bool kOneTapPerRun>
-struct PatchOperand {
+// The A operand of forward and input backward: row m is one pixel, the
+// reduction index kk = (r, s, channel) runs over the taps with the channel
+// fastest (the weight rows are permuted to match on the host). Each thread
+// stays on one m (consecutive threads on consecutive m: consecutive pixels)
+// and gathers kElems consecutive kk. The pass (Derived) says where a tap
+// reads: Derived::tap(rs) is the offset in `source` (at channel 0) of the
+// value that row m reads through tap rs = (r, s), or -1 where it reads zero.
+// kOneTapPerRun: the channel count is a multiple of kElems, so the run shares
+// one tap: one tap() per step, then one load per channel plane.
+template <typename Derived, typename Shape, typename index_t, bool kOneTapPerRun>
+struct TapGatherOperand {
   static constexpr int kThreadsPerRow = Shape::kThreads / Shape::BM;
   static constexpr int kElems = Shape::BK / kThreadsPerRow;
   static_assert(Shape::kThreads % Shape::BM == 0 && kElems % 8 == 0);
 
-  const uint16_t* image;  // input at (n, first channel of the group); null past the last m
-  uint32_t length;        // R*S*Cg (< 2^31 - 64, checked on the host)
-  index_t plane;          // H*W
-  FastDivider channels;   // Cg
-  FastDivider taps_per_row;  // S
-  int H, W, dilation_h, dilation_w;
-  int ih0, iw0;  // input location of tap (0, 0)
+  const uint16_t* source;  // row m's sample at the group's first channel; null past the last m
+  uint32_t length;         // R*S*channels (< 2^31 - 64, checked on the host)
+  index_t plane;           // elements between consecutive channels of `source`
+  FastDivider channels;    // channels of the group (the fastest part of kk)
   int m_local, kk_local;
   uint32_t regs[kElems / 2];
 
-  __device__ PatchOperand(const uint16_t* input, const Conv2dProblem& pb, const ConvPhase& ph,
-                          const FastDivider& channels, const FastDivider& taps_per_row,
-                          int64_t g, int64_t m0)
-      : image(nullptr),
-        length(static_cast<uint32_t>(pb.patch_size())),
-        plane(static_cast<index_t>(pb.H * pb.W)),
+  __device__ TapGatherOperand(int64_t length, int64_t plane, const FastDivider& channels)
+      : source(nullptr),
+        length(static_cast<uint32_t>(length)),
+        plane(static_cast<index_t>(plane)),
         channels(channels),
-        taps_per_row(taps_per_row),
-        H(static_cast<int>(pb.H)),
-        W(static_cast<int>(pb.W)),
-        dilation_h(static_cast<int>(pb.dilation_h)),
-        dilation_w(static_cast<int>(pb.dilation_w)),
-        ih0(0),
-        iw0(0),
         m_local(threadIdx.x % Shape::BM),
-        kk_local((threadIdx.x / Shape::BM) * kElems) {
-    const int64_t m = m0 + m_local, pixels = ph.P_a * ph.Q_b;
-    if (m < pb.N * pixels) {
-      const int64_t n = m / pixels, rest = m - n * pixels;
-      const int64_t i = rest / ph.Q_b, j = rest - i * ph.Q_b;
-      ih0 = static_cast<int>(pb.input_row(ph.a + i * pb.tile_h, 0));
-      iw0 = static_cast<int>(pb.input_col(ph.b + j * pb.tile_w, 0));
-      image = input + static_cast<index_t>(n * pb.C + g * pb.group_in_channels()) * plane;
-    }
-  }
+        kk_local((threadIdx.x / Shape::BM) * kElems) {}
 
-  // Offset in `image` of the input pixel read through tap rs = (r, s) at
-  // channel 0, or -1 when it is padding (or the thread has no row).
   __device__ __forceinline__ index_t tap(uint32_t rs) const {
-    const uint32_t r = taps_per_row.div(rs), s = rs - r * taps_per_row.divisor;
-    const int ih = ih0 + static_cast<int>(r) * dilation_h;
-    const int iw = iw0 + static_cast<int>(s) * dilation_w;
-    const bool inside = static_cast<unsigned>(ih) < static_cast<unsigned>(H) &&
-                        static_cast<unsigned>(iw) < static_cast<unsigned>(W);
-    return image != nullptr && inside ? static_cast<index_t>(ih) * W + iw : index_t{-1};
+    return static_cast<const Derived&>(*this).tap(rs);
   }
 
   __device__ __forceinline__ void fetch(int64_t k0) {
@@ -396,17 +378,17 @@ struct PatchOperand {
       const bool inside = at >= 0;
       index_t offset = at + static_cast<index_t>(c) * plane;
       for_each_index(std::make_integer_sequence<int, kElems>{}, [&](auto e) {
-        const uint16_t v = inside ? __ldg(image + offset) : uint16_t{0};
+        const uint16_t v = inside ? __ldg(source + offset) : uint16_t{0};
         pack_half<decltype(e)::value>(regs, v);
         offset += plane;
       });
     } else {
-      const int valid = run_length<kElems>(image != nullptr, length, kk);
+      const int valid = run_length<kElems>(source != nullptr, length, kk);
       uint32_t tap_rs = rs;
       index_t at = tap(tap_rs);
       for_each_index(std::make_integer_sequence<int, kElems>{}, [&](auto e) {
         uint16_t v = 0;
-        if (e < valid && at >= 0) v = __ldg(image + at + static_cast<index_t>(c) * plane);
+        if (e < valid && at >= 0) v = __ldg(source + at + static_cast<index_t>(c) * plane);
         pack_half<decltype(e)::value>(regs, v);
         if (++c == channels.divisor) {  // next tap
           c = 0;
@@ -417,11 +399,51 @@ struct PatchOperand {
   }
 
   __device__ __forceinline__ void stage(uint16_t* tile) const {
-    uint4* dst = reinterpret_cast<uint4*>(tile + m_local * Shape::kPitch + kk_local);
-#pragma unroll
-    for (int v = 0; v < kElems / 8; ++v) {
-      dst[v] = make_uint4(regs[4 * v], regs[4 * v + 1], regs[4 * v + 2], regs[4 * v + 3]);
+    stage_run<Shape, kElems>(tile, m_local, kk_local, regs);
+  }
+};
+
+// A operand of the forward GEMM: A[m, kk] = X[n, g*Cg + c, ih, iw] with m the
+// phase's output pixel (n, i, j) and kk = (r, s, c); zero on padding.
+template <typename Shape, typename index_t, bool kOneTapPerRun>
+struct PatchOperand
+    : TapGatherOperand<PatchOperand<Shape, index_t, kOneTapPerRun>, Shape, index_t,
+                       kOneTapPerRun> {
+  FastDivider taps_per_row;  // S
+  int H, W, dilation_h, dilation_w;
+  int ih0, iw0;  // input location of tap (0, 0)
+
+  __device__ PatchOperand(const uint16_t* input, const Conv2dProblem& pb, const ConvPhase& ph,
+                          const FastDivider& channels, const FastDivider& taps_per_row,
+                          int64_t g, int64_t m0)
+      : PatchOperand::TapGatherOperand(pb.patch_size(), pb.H * pb.W, channels),
+        taps_per_row(taps_per_row),
+        H(static_cast<int>(pb.H)),
+        W(static_cast<int>(pb.W)),
+        dilation_h(static_cast<int>(pb.dilation_h)),
+        dilation_w(static_cast<int>(pb.dilation_w)),
+        ih0(0),
+        iw0(0) {
+    const int64_t m = m0 + this->m_local, pixels = ph.P_a * ph.Q_b;
+    if (m < pb.N * pixels) {
+      const int64_t n = m / pixels, rest = m - n * pixels;
+      const int64_t i = rest / ph.Q_b, j = rest - i * ph.Q_b;
+      ih0 = static_cast<int>(pb.input_row(ph.a + i * pb.tile_h, 0));
+      iw0 = static_cast<int>(pb.input_col(ph.b + j * pb.tile_w, 0));
+      this->source =
+          input + static_cast<index_t>(n * pb.C + g * pb.group_in_channels()) * this->plane;
     }
+  }
+
+  // Offset in `source` of the input pixel read through tap rs = (r, s) at
+  // channel 0, or -1 when it is padding (or the thread has no row).
+  __device__ __forceinline__ index_t tap(uint32_t rs) const {
+    const uint32_t r = taps_per_row.div(rs), s = rs - r * taps_per_row.divisor;
+    const int ih = ih0 + static_cast<int>(r) * dilation_h;
+    const int iw = iw0 + static_cast<int>(s) * dilation_w;
+    const bool inside = static_cast<unsigned>(ih) < static_cast<unsigned>(H) &&
+                        static_cast<unsigned>(iw) < static_cast<unsigned>(W);
+    return this->source != nullptr && inside ? static_cast<index_t>(ih) * W + iw : index_t{-1};
   }
 };
 
@@ -434,38 +456,27 @@ __device__ __forceinline__ int phase_index(int num, const FastDivider& step, int
 }
 
 // A operand of the input-backward GEMM: A[m, kk] = G[n, g*Kg + k, p, q] with m
-// the input pixel (n, h, w) and kk = (r, s, k), output channel fastest, where
-// (p, q) is the output location of the phase that reads (h, w) through tap
-// (r, s): p*stride_h - pad_h + r*dil_h = h with p = a + i*tile_h, i.e.
+// the input pixel (n, h, w) and kk = (r, s, k), where (p, q) is the output
+// location of the phase that reads (h, w) through tap (r, s):
+// p*stride_h - pad_h + r*dil_h = h with p = a + i*tile_h, i.e.
 // i*(stride_h*tile_h) = h + pad_h - a*stride_h - r*dil_h; zero where no
-// integer i in [0, P_a) exists (likewise for columns). Thread mapping as
-// PatchOperand; kOneTapPerRun: Kg is a multiple of kElems, a run shares one tap.
+// integer i in [0, P_a) exists (likewise for columns).
 template <typename Shape, typename index_t, bool kOneTapPerRun>
-struct OutputGradOperand {
-  static constexpr int kThreadsPerRow = Shape::kThreads / Shape::BM;
-  static constexpr int kElems = Shape::BK / kThreadsPerRow;
-  static_assert(Shape::kThreads % Shape::BM == 0 && kElems % 8 == 0);
-
-  const uint16_t* grad;  // grad_output at (n, first channel of the group); null past the last m
-  uint32_t length;       // R*S*Kg (< 2^31 - 64, checked on the host)
-  index_t plane;         // P*Q
-  FastDivider channels;      // Kg
+struct OutputGradOperand
+    : TapGatherOperand<OutputGradOperand<Shape, index_t, kOneTapPerRun>, Shape, index_t,
+                       kOneTapPerRun> {
   FastDivider taps_per_row;  // S
   FastDivider step_h, step_w;  // stride * tile: output rows (columns) between phase rows
   int Q, dilation_h, dilation_w;
   int a, b, tile_h, tile_w, P_a, Q_b;
   int row_num0, col_num0;  // h + pad_h - a*stride_h and w + pad_w - b*stride_w
-  int m_local, kk_local;
-  uint32_t regs[kElems / 2];
 
   __device__ OutputGradOperand(const uint16_t* grad_output, const Conv2dProblem& pb,
                                const ConvPhase& ph, const FastDivider& channels,
                                const FastDivider& taps_per_row, const FastDivider& step_h,
                                const FastDivider& step_w, int64_t g, int64_t m0)
-      : grad(nullptr),
-        length(static_cast<uint32_t>(pb.R * pb.S * pb.group_out_channels())),
-        plane(static_cast<index_t>(pb.P * pb.Q)),
-        channels(channels),
+      : OutputGradOperand::TapGatherOperand(pb.R * pb.S * pb.group_out_channels(), pb.P * pb.Q,
+                                            channels),
         taps_per_row(taps_per_row),
         step_h(step_h),
         step_w(step_w),
@@ -479,68 +490,40 @@ struct OutputGradOperand {
         P_a(static_cast<int>(ph.P_a)),
         Q_b(static_cast<int>(ph.Q_b)),
         row_num0(0),
-        col_num0(0),
-        m_local(threadIdx.x % Shape::BM),
-        kk_local((threadIdx.x / Shape::BM) * kElems) {
-    const int64_t m = m0 + m_local, pixels = pb.H * pb.W;
+        col_num0(0) {
+    const int64_t m = m0 + this->m_local, pixels = pb.H * pb.W;
     if (m < pb.N * pixels) {
       const int64_t n = m / pixels, rest = m - n * pixels;
       const int64_t h = rest / pb.W, w = rest - h * pb.W;
       row_num0 = static_cast<int>(h + pb.pad_h - ph.a * pb.stride_h);
       col_num0 = static_cast<int>(w + pb.pad_w - ph.b * pb.stride_w);
-      grad = grad_output + static_cast<index_t>(n * pb.K + g * pb.group_out_channels()) * plane;
+      this->source =
+          grad_output + static_cast<index_t>(n * pb.K + g * pb.group_out_channels()) * this->plane;
     }
   }
 
-  // Offset p*Q + q in `grad` (channel 0) of the output location whose tap
+  // Offset p*Q + q in `source` (channel 0) of the output location whose tap
   // rs = (r, s) reads this thread's input pixel, or -1 when there is none in the phase.
   __device__ __forceinline__ index_t tap(uint32_t rs) const {
     const uint32_t r = taps_per_row.div(rs), s = rs - r * taps_per_row.divisor;
     const int i = phase_index(row_num0 - static_cast<int>(r) * dilation_h, step_h, P_a);
     const int j = phase_index(col_num0 - static_cast<int>(s) * dilation_w, step_w, Q_b);
-    return grad != nullptr && i >= 0 && j >= 0
+    return this->source != nullptr && i >= 0 && j >= 0
                ? static_cast<index_t>(a + i * tile_h) * Q + (b + j * tile_w)
                : index_t{-1};
   }
-
-  __device__ __forceinline__ void fetch(int64_t k0) {
-    const uint32_t kk = static_cast<uint32_t>(k0) + kk_local;
-    const uint32_t rs = channels.div(kk);
-    uint32_t k = kk - rs * channels.divisor;
-    if constexpr (kOneTapPerRun) {
-      // kk and length are multiples of kElems: the run is all in or all out.
-      const index_t at = kk < length ? tap(rs) : index_t{-1};
-      const bool inside = at >= 0;
-      index_t offset = at + static_cast<index_t>(k) * plane;
-      for_each_index(std::make_integer_sequence<int, kElems>{}, [&](auto e) {
-        const uint16_t v = inside ? __ldg(grad + offset) : uint16_t{0};
-        pack_half<decltype(e)::value>(regs, v);
-        offset += plane;
-      });
-    } else {
-      const int valid = run_length<kElems>(grad != nullptr, length, kk);
-      uint32_t tap_rs = rs;
-      index_t at = tap(tap_rs);
-      for_each_index(std::make_integer_sequence<int, kElems>{}, [&](auto e) {
-        uint16_t v = 0;
-        if (e < valid && at >= 0) v = __ldg(grad + at + static_cast<index_t>(k) * plane);
-        pack_half<decltype(e)::value>(regs, v);
-        if (++k == channels.divisor) {  // next tap
-          k = 0;
-          at = tap(++tap_rs);
-        }
-      });
-    }
-  }
-
-  __device__ __forceinline__ void stage(uint16_t* tile) const {
-    uint4* dst = reinterpret_cast<uint4*>(tile + m_local * Shape::kPitch + kk_local);
-#pragma unroll
-    for (int v = 0; v < kElems / 8; ++v) {
-      dst[v] = make_uint4(regs[4 * v], regs[4 * v + 1], regs[4 * v + 2], regs[4 * v + 3]);
-    }
-  }
 };
+
+// multiply(std::true_type) when every run of kElems consecutive kk shares one
+// tap (the channel count is a multiple of kElems), else multiply(std::false_type).
+template <int kElems, typename Multiply>
+__device__ __forceinline__ void with_one_tap_per_run(int64_t channels, const Multiply& multiply) {
+  if (channels % kElems == 0) {
+    multiply(std::true_type{});
+  } else {
+    multiply(std::false_type{});
+  }
+}
 
 template <typename AOperand, typename BOperand>
 struct OperandPair {
@@ -593,11 +576,8 @@ __global__ void __launch_bounds__(Shape::kThreads, 2)
     gemm_mainloop<Shape, TC>(operands, 0, pb.patch_size(), reinterpret_cast<uint16_t*>(shared),
                              acc);
   };
-  if (pb.group_in_channels() % PatchOperand<Shape, index_t, true>::kElems == 0) {
-    multiply(std::true_type{});
-  } else {
-    multiply(std::false_type{});
-  }
+  with_one_tap_per_run<PatchOperand<Shape, index_t, true>::kElems>(pb.group_in_channels(),
+                                                                    multiply);
 
   // Output offset of (n, 0, p, q) for each of the lane's rows, -1 past the last m.
   const int64_t pixels = ph.P_a * ph.Q_b;
@@ -662,11 +642,8 @@ __global__ void __launch_bounds__(Shape::kThreads, 2)
                                    reduction, n0, args.vector_weights)};
     gemm_mainloop<Shape, TC>(operands, 0, reduction, reinterpret_cast<uint16_t*>(shared), acc);
   };
-  if (pb.group_out_channels() % OutputGradOperand<Shape, index_t, true>::kElems == 0) {
-    multiply(std::true_type{});
-  } else {
-    multiply(std::false_type{});
-  }
+  with_one_tap_per_run<OutputGradOperand<Shape, index_t, true>::kElems>(pb.group_out_channels(),
+                                                                         multiply);
 
   // grad_input offset of (n, 0, h, w) for each of the lane's rows, -1 past the last m.
   const int64_t pixels = pb.H * pb.W;
@@ -920,12 +897,23 @@ unsigned int tile_blocks(int64_t m_size, int64_t n_tiles, int64_t bm) {
   return static_cast<unsigned int>(blocks);
 }
 
-// launch(g0, count) for consecutive chunks of groups that fit gridDim.z.
-template <typename Launch>
-void for_group_chunks(int64_t groups, const Launch& launch) {
-  for (int64_t g0 = 0; g0 < groups; g0 += kMaxGridZ) {
-    launch(g0, static_cast<unsigned int>(std::min(kMaxGridZ, groups - g0)));
-  }
+// Launches kernel_for(index_t{}) (the kernel instantiated for the index type
+// that index32 allows) over the tiles of an m_size x (args.n_tiles * BN) GEMM
+// in x, `slices` reduction slices in y and the groups in z, in chunks of groups
+// that fit gridDim.z (args.group_offset numbers the chunk's first group).
+template <typename Shape, typename Args, typename KernelFor>
+void launch_tiles(Args& args, int64_t m_size, int64_t groups, unsigned int slices, bool index32,
+                  const KernelFor& kernel_for) {
+  const unsigned int blocks = tile_blocks(m_size, args.n_tiles, Shape::BM);
+  CNNKIT_DISPATCH_INDEX(index32, [&] {
+    const auto kernel = kernel_for(index_t{});
+    for (int64_t g0 = 0; g0 < groups; g0 += kMaxGridZ) {
+      args.group_offset = g0;
+      const auto count = static_cast<unsigned int>(std::min(kMaxGridZ, groups - g0));
+      kernel<<<dim3(blocks, slices, count), Shape::kThreads, 0, current_stream()>>>(args);
+      CNNKIT_CHECK_LAUNCH();
+    }
+  });
 }
 
 }  // namespace
@@ -964,15 +952,10 @@ void forward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& input,
     with_tile_shape(Kg, [&](auto shape) {
       using Shape = decltype(shape);
       args.n_tiles = ceil_div<int64_t>(Kg, Shape::BN);
-      const unsigned int blocks = tile_blocks(M, args.n_tiles, Shape::BM);
-      CNNKIT_DISPATCH_INDEX(fits_int32({x.numel(), w.numel(), output.numel()}), [&] {
-        for_group_chunks(pb.groups, [&](int64_t g0, unsigned int count) {
-          args.group_offset = g0;
-          conv_forward_tc_kernel<scalar_t, Shape, index_t>
-              <<<dim3(blocks, 1, count), Shape::kThreads, 0, current_stream()>>>(args);
-          CNNKIT_CHECK_LAUNCH();
-        });
-      });
+      launch_tiles<Shape>(args, M, pb.groups, 1, fits_int32({x.numel(), w.numel(), output.numel()}),
+                          [](auto index) {
+                            return conv_forward_tc_kernel<scalar_t, Shape, decltype(index)>;
+                          });
     });
   });
 }
@@ -1014,15 +997,11 @@ void input_backward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& 
         with_tile_shape(Cg, [&](auto shape) {
           using Shape = decltype(shape);
           args.n_tiles = ceil_div<int64_t>(Cg, Shape::BN);
-          const unsigned int blocks = tile_blocks(M, args.n_tiles, Shape::BM);
-          CNNKIT_DISPATCH_INDEX(fits_int32({go.numel(), w_t.numel(), grad_input_acc.numel()}), [&] {
-            for_group_chunks(pb.groups, [&](int64_t g0, unsigned int count) {
-              args.group_offset = g0;
-              conv_input_backward_tc_kernel<scalar_t, Shape, index_t>
-                  <<<dim3(blocks, 1, count), Shape::kThreads, 0, current_stream()>>>(args);
-              CNNKIT_CHECK_LAUNCH();
-            });
-          });
+          launch_tiles<Shape>(
+              args, M, pb.groups, 1, fits_int32({go.numel(), w_t.numel(), grad_input_acc.numel()}),
+              [](auto index) {
+                return conv_input_backward_tc_kernel<scalar_t, Shape, decltype(index)>;
+              });
         });
       });
 }
@@ -1068,16 +1047,12 @@ void weight_backward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor&
                                             n_tiles,
                                             0,
                                             steps_per_slice};
-          const unsigned int blocks = tile_blocks(patch, n_tiles, Shape::BM);
-          CNNKIT_DISPATCH_INDEX(fits_int32({go.numel(), x.numel(), partial.numel()}), [&] {
-            for_group_chunks(pb.groups, [&](int64_t g0, unsigned int group_count) {
-              args.group_offset = g0;
-              conv_weight_backward_tc_kernel<scalar_t, Shape, index_t>
-                  <<<dim3(blocks, static_cast<unsigned int>(slices), group_count),
-                     Shape::kThreads, 0, current_stream()>>>(args);
-              CNNKIT_CHECK_LAUNCH();
-            });
-          });
+          launch_tiles<Shape>(args, patch, pb.groups, static_cast<unsigned int>(slices),
+                              fits_int32({go.numel(), x.numel(), partial.numel()}),
+                              [](auto index) {
+                                return conv_weight_backward_tc_kernel<scalar_t, Shape,
+                                                                      decltype(index)>;
+                              });
           sum_slices_kernel<scalar_t><<<grid_for(count), kThreads, 0, current_stream()>>>(
               partial.const_data_ptr<float>(), slices, count,
               grad_weight.mutable_data_ptr<scalar_t>());

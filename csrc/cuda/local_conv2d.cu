@@ -59,6 +59,7 @@
 #include <type_traits>
 
 #include "cuda/helpers.cuh"
+#include "local_ops.h"
 #include "problem.h"
 
 namespace cnnkit::cuda {
@@ -965,18 +966,20 @@ void dispatch_samples_per_thread(int tn, Body&& body) {
   }
 }
 
-at::Tensor local_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
-                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  // The checks come first: they name a tensor on the wrong device, which the
-  // device guard would reject with a less helpful message.
-  const auto pb = local_conv2d_problem("cnnkit.local_conv2d", input, weight, bias, stride, padding,
-                                       dilation, groups);
-  c10::cuda::CUDAGuard guard(input.device());
-  const auto x = input.contiguous(), w = weight.contiguous();
-  const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  auto out = at::empty({pb.N, pb.K, pb.P, pb.Q}, x.options());
-  if (out.numel() > 0) {
+// The CUDA backend of the ops in csrc/local_ops.h: kernels run on the device
+// of the op's first tensor.
+struct LocalBackend {
+  struct DeviceScope {
+    c10::cuda::CUDAGuard guard;
+    explicit DeviceScope(const at::Tensor& t) : guard(t.device()) {}
+  };
+
+  static at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return at::empty(sizes, options);
+  }
+
+  static void local_forward(const Conv2dProblem& pb, const at::Tensor& x, const at::Tensor& w,
+                            const at::Tensor& b, at::Tensor& out) {
     const int tn = samples_per_thread(pb.N, [&](int t) { return forward_tiles(pb, t); });
     CNNKIT_DISPATCH_CUDA_FLOATING(x.scalar_type(), "cnnkit_local_conv2d_cuda", [&] {
       dispatch_samples_per_thread(tn, [&]<int TN>() {
@@ -986,20 +989,9 @@ at::Tensor local_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
       });
     });
   }
-  return out.contiguous(conv_output_format(input, weight));
-}
 
-at::Tensor local_conv2d_input_backward_cuda(const at::Tensor& grad_output,
-                                            const at::Tensor& weight, at::IntArrayRef input_size,
-                                            at::IntArrayRef stride, at::IntArrayRef padding,
-                                            at::IntArrayRef dilation, int64_t groups) {
-  const auto pb = local_conv2d_input_backward_problem("cnnkit.local_conv2d_input_backward",
-                                                      grad_output, weight, input_size, stride,
-                                                      padding, dilation, groups);
-  c10::cuda::CUDAGuard guard(grad_output.device());
-  const auto g = grad_output.contiguous(), w = weight.contiguous();
-  auto grad_input = at::empty({pb.N, pb.C, pb.H, pb.W}, g.options());
-  if (grad_input.numel() > 0) {
+  static void local_input_backward(const Conv2dProblem& pb, const at::Tensor& g,
+                                   const at::Tensor& w, at::Tensor& grad_input) {
     const int tn = samples_per_thread(pb.N, [&](int t) { return input_tiles(pb, t); });
     CNNKIT_DISPATCH_CUDA_FLOATING(g.scalar_type(), "cnnkit_local_conv2d_input_backward_cuda", [&] {
       dispatch_samples_per_thread(tn, [&]<int TN>() {
@@ -1009,54 +1001,29 @@ at::Tensor local_conv2d_input_backward_cuda(const at::Tensor& grad_output,
       });
     });
   }
-  return grad_input.contiguous(conv_output_format(grad_output, weight));
-}
 
-at::Tensor local_conv2d_weight_backward_cuda(const at::Tensor& grad_output,
-                                             const at::Tensor& input, at::IntArrayRef kernel_size,
-                                             at::IntArrayRef stride, at::IntArrayRef padding,
-                                             at::IntArrayRef dilation, int64_t groups) {
-  const auto pb = local_conv2d_weight_backward_problem("cnnkit.local_conv2d_weight_backward",
-                                                       grad_output, input, kernel_size, stride,
-                                                       padding, dilation, groups);
-  c10::cuda::CUDAGuard guard(input.device());
-  const auto g = grad_output.contiguous(), x = input.contiguous();
-  auto grad_weight =
-      at::empty({pb.K, pb.P, pb.Q, pb.group_in_channels(), pb.R, pb.S}, x.options());
-  if (pb.N == 0) {
-    grad_weight.zero_();
-  } else if (grad_weight.numel() > 0) {
+  static void local_weight_backward(const Conv2dProblem& pb, const at::Tensor& g,
+                                    const at::Tensor& x, at::Tensor& grad_weight) {
     CNNKIT_DISPATCH_CUDA_FLOATING(x.scalar_type(), "cnnkit_local_conv2d_weight_backward_cuda", [&] {
       launch_weight_backward<scalar_t>(pb, g.const_data_ptr<scalar_t>(),
                                        x.const_data_ptr<scalar_t>(),
                                        grad_weight.mutable_data_ptr<scalar_t>());
     });
   }
-  return grad_weight;
-}
 
-at::Tensor local_conv2d_bias_backward_cuda(const at::Tensor& grad_output) {
-  check_conv2d_bias_backward("cnnkit.local_conv2d_bias_backward", grad_output);
-  c10::cuda::CUDAGuard guard(grad_output.device());
-  const auto g = grad_output.contiguous();
-  const int64_t N = g.size(0), units = g.size(1) * g.size(2) * g.size(3);
-  auto grad_bias = at::empty({g.size(1), g.size(2), g.size(3)}, g.options());
-  if (units > 0) {
+  static void local_bias_backward(const at::Tensor& g, at::Tensor& grad_bias) {
+    const int64_t N = g.size(0), units = grad_bias.numel();
     CNNKIT_DISPATCH_CUDA_FLOATING(g.scalar_type(), "cnnkit_local_conv2d_bias_backward_cuda", [&] {
       local_bias_backward_kernel<scalar_t><<<grid_for(units), kThreads, 0, current_stream()>>>(
           g.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), N, units);
       CNNKIT_CHECK_LAUNCH();
     });
   }
-  return grad_bias;
-}
+};
 
 }  // namespace
 }  // namespace cnnkit::cuda
 
 TORCH_LIBRARY_IMPL(cnnkit, CUDA, m) {
-  m.impl("local_conv2d", &cnnkit::cuda::local_conv2d_cuda);
-  m.impl("local_conv2d_input_backward", &cnnkit::cuda::local_conv2d_input_backward_cuda);
-  m.impl("local_conv2d_weight_backward", &cnnkit::cuda::local_conv2d_weight_backward_cuda);
-  m.impl("local_conv2d_bias_backward", &cnnkit::cuda::local_conv2d_bias_backward_cuda);
+  CNNKIT_REGISTER_LOCAL_CONV2D_OPS(m, cnnkit::cuda::LocalBackend);
 }

@@ -55,9 +55,11 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/helpers.cuh"
+#include "pool_ops.h"
 
 namespace cnnkit::cuda {
 namespace {
@@ -247,6 +249,70 @@ __device__ __forceinline__ acc average(acc sum, index_t rows, index_t cols,
   }
 }
 
+// --------------------------------------------------------------------------- thread mapping
+
+// The work of one thread of a pooling kernel over a grid of positions (y, x),
+// Y x X per plane: the output grid (P, Q) for the forward kernels, the input
+// grid (H, W) for the gathers.
+//   NCHW: item = element (plane * Y + y) * X + x: one channel of one plane;
+//   NHWC: item = pixel * slots + slot with pixel = (n * Y + y) * X + x: the
+//     channels slot, slot + slots, ... < C of the pixel.
+// Either way, element (position pos of the plane, channel c) of a tensor whose
+// planes have plane_size positions is base(tensor, plane_size)[offset(pos, c)],
+// and the item's own element of channel c in a tensor on its grid is at own(c).
+// The NCHW strides and channel range are constants, so its loops over
+// channels fold to the one channel.
+template <bool kChannelsLast, typename index_t>
+struct Item {
+  index_t y, x;
+  index_t image;  // NCHW: the plane n * C + c; NHWC: the image n
+  index_t pixel;  // NCHW: the element; NHWC: the pixel
+  index_t slot, C, slots;
+
+  __device__ __forceinline__ index_t first_channel() const {
+    if constexpr (kChannelsLast) return slot; else return 0;
+  }
+  __device__ __forceinline__ index_t channel_end() const {
+    if constexpr (kChannelsLast) return C; else return 1;
+  }
+  __device__ __forceinline__ index_t channel_step() const {
+    if constexpr (kChannelsLast) return slots; else return 1;
+  }
+  // Distance between two positions of one channel.
+  __device__ __forceinline__ index_t position_stride() const {
+    if constexpr (kChannelsLast) return C; else return 1;
+  }
+  template <typename T>
+  __device__ __forceinline__ T* base(T* tensor, index_t plane_size) const {
+    return tensor + image * plane_size * position_stride();
+  }
+  __device__ __forceinline__ index_t offset(index_t pos, index_t c) const {
+    return pos * position_stride() + c;
+  }
+  __device__ __forceinline__ index_t own(index_t c) const { return pixel * position_stride() + c; }
+};
+
+// The item of grid-stride index `linear` on a grid of by_Y.value x by_X.value positions.
+template <bool kChannelsLast, typename index_t>
+__device__ __forceinline__ Item<kChannelsLast, index_t> item_at(int64_t linear,
+                                                                const Geometry<index_t>& g,
+                                                                const Divider<index_t>& by_Y,
+                                                                const Divider<index_t>& by_X) {
+  Item<kChannelsLast, index_t> it;
+  it.C = g.C;
+  it.slots = g.slots;
+  if constexpr (kChannelsLast) {
+    g.by_slots.divmod(static_cast<index_t>(linear), it.pixel, it.slot);
+  } else {
+    it.pixel = static_cast<index_t>(linear);
+    it.slot = 0;
+  }
+  index_t rest;
+  by_X.divmod(it.pixel, rest, it.x);
+  by_Y.divmod(rest, it.image, it.y);
+  return it;
+}
+
 // --------------------------------------------------------------------------- max pooling
 
 // Square kernels of this size are unrolled at compile time (the ResNet and VGG
@@ -256,59 +322,20 @@ __device__ __forceinline__ index_t kernel_extent(index_t runtime) {
   return kFixedKernel > 0 ? static_cast<index_t>(kFixedKernel) : runtime;
 }
 
-// NCHW: thread per output element o = (plane * P + p) * Q + q.
-template <typename scalar_t, typename index_t, int kFixedKernel>
+// Max pooling: a thread per item of the output grid (see Item).
+template <typename scalar_t, typename index_t, bool kChannelsLast, int kFixedKernel>
 __global__ void __launch_bounds__(kThreads)
-    max_pool_nchw_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
-                         int64_t* __restrict__ indices, const Geometry<index_t> g,
-                         const index_t total) {
+    max_pool_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
+                    int64_t* __restrict__ indices, const Geometry<index_t> g,
+                    const index_t total) {
   using acc = acc_t<scalar_t>;
   const index_t kh = kernel_extent<kFixedKernel>(g.kernel_h);
   const index_t kw = kernel_extent<kFixedKernel>(g.kernel_w);
   CNNKIT_KERNEL_LOOP(linear, total) {
-    const index_t o = static_cast<index_t>(linear);
-    index_t row, q, plane, p;
-    g.by_Q.divmod(o, row, q);
-    g.by_P.divmod(row, plane, p);
-    const index_t h0 = p * g.stride_h - g.pad_h, w0 = q * g.stride_w - g.pad_w;
-    const scalar_t* x = input + plane * g.H * g.W;
-    acc best = minus_infinity<acc>();
-    index_t best_at = -1;
-#pragma unroll
-    for (index_t i = 0; i < kh; ++i) {
-      const index_t h = h0 + i * g.dilation_h;
-      if (h < 0 || h >= g.H) continue;
-#pragma unroll
-      for (index_t j = 0; j < kw; ++j) {
-        const index_t w = w0 + j * g.dilation_w;
-        if (w < 0 || w >= g.W) continue;
-        const index_t at = h * g.W + w;
-        update_max(best, best_at, static_cast<acc>(x[at]), at);
-      }
-    }
-    output[o] = static_cast<scalar_t>(best);
-    indices[o] = best_at;
-  }
-}
-
-// NHWC: thread per (output pixel, channel slot), item = pixel * slots + slot,
-// pixel = (n * P + p) * Q + q.
-template <typename scalar_t, typename index_t, int kFixedKernel>
-__global__ void __launch_bounds__(kThreads)
-    max_pool_nhwc_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
-                         int64_t* __restrict__ indices, const Geometry<index_t> g,
-                         const index_t total) {
-  using acc = acc_t<scalar_t>;
-  const index_t kh = kernel_extent<kFixedKernel>(g.kernel_h);
-  const index_t kw = kernel_extent<kFixedKernel>(g.kernel_w);
-  CNNKIT_KERNEL_LOOP(linear, total) {
-    index_t pixel, slot, rest, q, n, p;
-    g.by_slots.divmod(static_cast<index_t>(linear), pixel, slot);
-    g.by_Q.divmod(pixel, rest, q);
-    g.by_P.divmod(rest, n, p);
-    const index_t h0 = p * g.stride_h - g.pad_h, w0 = q * g.stride_w - g.pad_w;
-    const scalar_t* image = input + n * g.H * g.W * g.C;
-    for (index_t c = slot; c < g.C; c += g.slots) {
+    const auto it = item_at<kChannelsLast>(linear, g, g.by_P, g.by_Q);
+    const index_t h0 = it.y * g.stride_h - g.pad_h, w0 = it.x * g.stride_w - g.pad_w;
+    const scalar_t* x = it.base(input, g.H * g.W);
+    for (index_t c = it.first_channel(); c < it.channel_end(); c += it.channel_step()) {
       acc best = minus_infinity<acc>();
       index_t best_at = -1;
 #pragma unroll
@@ -320,69 +347,40 @@ __global__ void __launch_bounds__(kThreads)
           const index_t w = w0 + j * g.dilation_w;
           if (w < 0 || w >= g.W) continue;
           const index_t at = h * g.W + w;
-          update_max(best, best_at, static_cast<acc>(image[at * g.C + c]), at);
+          update_max(best, best_at, static_cast<acc>(x[it.offset(at, c)]), at);
         }
       }
-      output[pixel * g.C + c] = static_cast<scalar_t>(best);
-      indices[pixel * g.C + c] = best_at;
+      output[it.own(c)] = static_cast<scalar_t>(best);
+      indices[it.own(c)] = best_at;
     }
   }
 }
 
-// Adaptive max pooling, NCHW: thread per output element, as max_pool_nchw_kernel.
-template <typename scalar_t, typename index_t>
+// Adaptive max pooling: a thread per item of the output grid.
+template <typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void __launch_bounds__(kThreads)
-    adaptive_max_pool_nchw_kernel(const scalar_t* __restrict__ input,
-                                  scalar_t* __restrict__ output, int64_t* __restrict__ indices,
-                                  const Geometry<index_t> g, const index_t total) {
+    adaptive_max_pool_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
+                             int64_t* __restrict__ indices, const Geometry<index_t> g,
+                             const index_t total) {
   using acc = acc_t<scalar_t>;
   CNNKIT_KERNEL_LOOP(linear, total) {
-    const index_t o = static_cast<index_t>(linear);
-    index_t row, q, plane, p;
-    g.by_Q.divmod(o, row, q);
-    g.by_P.divmod(row, plane, p);
-    const auto rows = axis_window<true>(p, g.H, g.by_P, index_t(0), index_t(0), index_t(0), false);
-    const auto cols = axis_window<true>(q, g.W, g.by_Q, index_t(0), index_t(0), index_t(0), false);
-    const scalar_t* x = input + plane * g.H * g.W;
-    acc best = minus_infinity<acc>();
-    index_t best_at = -1;
-    for (index_t h = rows.begin; h < rows.end; ++h) {
-      for (index_t w = cols.begin; w < cols.end; ++w) {
-        const index_t at = h * g.W + w;
-        update_max(best, best_at, static_cast<acc>(x[at]), at);
-      }
-    }
-    output[o] = static_cast<scalar_t>(best);
-    indices[o] = best_at;
-  }
-}
-
-// Adaptive max pooling, NHWC: thread per (output pixel, channel slot).
-template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads)
-    adaptive_max_pool_nhwc_kernel(const scalar_t* __restrict__ input,
-                                  scalar_t* __restrict__ output, int64_t* __restrict__ indices,
-                                  const Geometry<index_t> g, const index_t total) {
-  using acc = acc_t<scalar_t>;
-  CNNKIT_KERNEL_LOOP(linear, total) {
-    index_t pixel, slot, rest, q, n, p;
-    g.by_slots.divmod(static_cast<index_t>(linear), pixel, slot);
-    g.by_Q.divmod(pixel, rest, q);
-    g.by_P.divmod(rest, n, p);
-    const auto rows = axis_window<true>(p, g.H, g.by_P, index_t(0), index_t(0), index_t(0), false);
-    const auto cols = axis_window<true>(q, g.W, g.by_Q, index_t(0), index_t(0), index_t(0), false);
-    const scalar_t* image = input + n * g.H * g.W * g.C;
-    for (index_t c = slot; c < g.C; c += g.slots) {
+    const auto it = item_at<kChannelsLast>(linear, g, g.by_P, g.by_Q);
+    const auto rows =
+        axis_window<true>(it.y, g.H, g.by_P, index_t(0), index_t(0), index_t(0), false);
+    const auto cols =
+        axis_window<true>(it.x, g.W, g.by_Q, index_t(0), index_t(0), index_t(0), false);
+    const scalar_t* x = it.base(input, g.H * g.W);
+    for (index_t c = it.first_channel(); c < it.channel_end(); c += it.channel_step()) {
       acc best = minus_infinity<acc>();
       index_t best_at = -1;
       for (index_t h = rows.begin; h < rows.end; ++h) {
         for (index_t w = cols.begin; w < cols.end; ++w) {
           const index_t at = h * g.W + w;
-          update_max(best, best_at, static_cast<acc>(image[at * g.C + c]), at);
+          update_max(best, best_at, static_cast<acc>(x[it.offset(at, c)]), at);
         }
       }
-      output[pixel * g.C + c] = static_cast<scalar_t>(best);
-      indices[pixel * g.C + c] = best_at;
+      output[it.own(c)] = static_cast<scalar_t>(best);
+      indices[it.own(c)] = best_at;
     }
   }
 }
@@ -478,123 +476,63 @@ __device__ __forceinline__ void reaching_windows(index_t i, int64_t lo, int64_t 
   last = b >= size - 1 ? out - 1 : by_size.div(static_cast<index_t>(b + 1) * out - 1);
 }
 
-// NCHW gather: thread per input element e = (plane * H + h) * W + w; sums
-// grad_output over the reaching windows whose index is h * W + w, in output order.
-template <typename scalar_t, typename index_t>
+// Gather: a thread per item of the input grid; sums grad_output over the
+// reaching windows whose index is h * W + w, in output order.
+template <typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void __launch_bounds__(kThreads)
-    max_pool_backward_nchw_kernel(const scalar_t* __restrict__ grad_output,
-                                  const int64_t* __restrict__ indices,
-                                  const unsigned long long* __restrict__ reach,
-                                  scalar_t* __restrict__ grad_input, const Geometry<index_t> g,
-                                  const index_t total) {
+    max_pool_backward_kernel(const scalar_t* __restrict__ grad_output,
+                             const int64_t* __restrict__ indices,
+                             const unsigned long long* __restrict__ reach,
+                             scalar_t* __restrict__ grad_input, const Geometry<index_t> g,
+                             const index_t total) {
   using acc = acc_t<scalar_t>;
   const Reach r = load_reach(reach, g.H, g.W);
   CNNKIT_KERNEL_LOOP(linear, total) {
-    const index_t e = static_cast<index_t>(linear);
-    index_t rest, w, plane, h;
-    g.by_W.divmod(e, rest, w);
-    g.by_H.divmod(rest, plane, h);
+    const auto it = item_at<kChannelsLast>(linear, g, g.by_H, g.by_W);
+    const index_t h = it.y, w = it.x;
     index_t p_first, p_last, q_first, q_last;
     reaching_windows(h, r.row_lo, r.row_hi, g.H, g.P, g.by_H, p_first, p_last);
     reaching_windows(w, r.col_lo, r.col_hi, g.W, g.Q, g.by_W, q_first, q_last);
     const int64_t target = static_cast<int64_t>(h * g.W + w);
-    const index_t base = plane * g.P * g.Q;
-    acc sum = 0;
-    for (index_t p = p_first; p <= p_last; ++p) {
-      for (index_t q = q_first; q <= q_last; ++q) {
-        const index_t k = base + p * g.Q + q;
-        if (indices[k] == target) sum += static_cast<acc>(grad_output[k]);
-      }
-    }
-    grad_input[e] = static_cast<scalar_t>(sum);
-  }
-}
-
-// NHWC gather: thread per (input pixel, channel slot), pixel = (n * H + h) * W + w.
-template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads)
-    max_pool_backward_nhwc_kernel(const scalar_t* __restrict__ grad_output,
-                                  const int64_t* __restrict__ indices,
-                                  const unsigned long long* __restrict__ reach,
-                                  scalar_t* __restrict__ grad_input, const Geometry<index_t> g,
-                                  const index_t total) {
-  using acc = acc_t<scalar_t>;
-  const Reach r = load_reach(reach, g.H, g.W);
-  CNNKIT_KERNEL_LOOP(linear, total) {
-    index_t pixel, slot, rest, w, n, h;
-    g.by_slots.divmod(static_cast<index_t>(linear), pixel, slot);
-    g.by_W.divmod(pixel, rest, w);
-    g.by_H.divmod(rest, n, h);
-    index_t p_first, p_last, q_first, q_last;
-    reaching_windows(h, r.row_lo, r.row_hi, g.H, g.P, g.by_H, p_first, p_last);
-    reaching_windows(w, r.col_lo, r.col_hi, g.W, g.Q, g.by_W, q_first, q_last);
-    const int64_t target = static_cast<int64_t>(h * g.W + w);
-    const index_t image = n * g.P * g.Q;  // first output pixel of image n
-    for (index_t c = slot; c < g.C; c += g.slots) {
+    const scalar_t* go = it.base(grad_output, g.P * g.Q);
+    const int64_t* ix = it.base(indices, g.P * g.Q);
+    for (index_t c = it.first_channel(); c < it.channel_end(); c += it.channel_step()) {
       acc sum = 0;
       for (index_t p = p_first; p <= p_last; ++p) {
         for (index_t q = q_first; q <= q_last; ++q) {
-          const index_t k = (image + p * g.Q + q) * g.C + c;
-          if (indices[k] == target) sum += static_cast<acc>(grad_output[k]);
+          const index_t k = it.offset(p * g.Q + q, c);
+          if (ix[k] == target) sum += static_cast<acc>(go[k]);
         }
       }
-      grad_input[pixel * g.C + c] = static_cast<scalar_t>(sum);
+      grad_input[it.own(c)] = static_cast<scalar_t>(sum);
     }
   }
 }
 
 // --------------------------------------------------------------------------- average pooling
 
-// Average and adaptive average pooling, NCHW: thread per output element; the
-// window is summed row by row in acc_t.
-template <bool kAdaptive, typename scalar_t, typename index_t>
+// Average and adaptive average pooling: a thread per item of the output grid;
+// the window is summed row by row in acc_t.
+template <bool kAdaptive, typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void __launch_bounds__(kThreads)
-    avg_pool_nchw_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
-                         const Geometry<index_t> g, const index_t total) {
+    avg_pool_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
+                    const Geometry<index_t> g, const index_t total) {
   using acc = acc_t<scalar_t>;
   CNNKIT_KERNEL_LOOP(linear, total) {
-    const index_t o = static_cast<index_t>(linear);
-    index_t row, q, plane, p;
-    g.by_Q.divmod(o, row, q);
-    g.by_P.divmod(row, plane, p);
-    const auto rows = axis_window<kAdaptive>(p, g.H, g.by_P, g.kernel_h, g.stride_h, g.pad_h,
+    const auto it = item_at<kChannelsLast>(linear, g, g.by_P, g.by_Q);
+    const auto rows = axis_window<kAdaptive>(it.y, g.H, g.by_P, g.kernel_h, g.stride_h, g.pad_h,
                                              g.count_include_pad);
-    const auto cols = axis_window<kAdaptive>(q, g.W, g.by_Q, g.kernel_w, g.stride_w, g.pad_w,
+    const auto cols = axis_window<kAdaptive>(it.x, g.W, g.by_Q, g.kernel_w, g.stride_w, g.pad_w,
                                              g.count_include_pad);
-    const scalar_t* x = input + plane * g.H * g.W;
-    acc sum = 0;
-    for (index_t h = rows.begin; h < rows.end; ++h) {
-      for (index_t w = cols.begin; w < cols.end; ++w) sum += static_cast<acc>(x[h * g.W + w]);
-    }
-    output[o] = static_cast<scalar_t>(
-        average<kAdaptive>(sum, rows.count, cols.count, g.divisor_override));
-  }
-}
-
-// NHWC: thread per (output pixel, channel slot).
-template <bool kAdaptive, typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads)
-    avg_pool_nhwc_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
-                         const Geometry<index_t> g, const index_t total) {
-  using acc = acc_t<scalar_t>;
-  CNNKIT_KERNEL_LOOP(linear, total) {
-    index_t pixel, slot, rest, q, n, p;
-    g.by_slots.divmod(static_cast<index_t>(linear), pixel, slot);
-    g.by_Q.divmod(pixel, rest, q);
-    g.by_P.divmod(rest, n, p);
-    const auto rows = axis_window<kAdaptive>(p, g.H, g.by_P, g.kernel_h, g.stride_h, g.pad_h,
-                                             g.count_include_pad);
-    const auto cols = axis_window<kAdaptive>(q, g.W, g.by_Q, g.kernel_w, g.stride_w, g.pad_w,
-                                             g.count_include_pad);
-    const scalar_t* image = input + n * g.H * g.W * g.C;
-    for (index_t c = slot; c < g.C; c += g.slots) {
+    const scalar_t* x = it.base(input, g.H * g.W);
+    for (index_t c = it.first_channel(); c < it.channel_end(); c += it.channel_step()) {
       acc sum = 0;
       for (index_t h = rows.begin; h < rows.end; ++h) {
         for (index_t w = cols.begin; w < cols.end; ++w) {
-          sum += static_cast<acc>(image[(h * g.W + w) * g.C + c]);
+          sum += static_cast<acc>(x[it.offset(h * g.W + w, c)]);
         }
       }
-      output[pixel * g.C + c] = static_cast<scalar_t>(
+      output[it.own(c)] = static_cast<scalar_t>(
           average<kAdaptive>(sum, rows.count, cols.count, g.divisor_override));
     }
   }
@@ -737,75 +675,40 @@ __global__ void __launch_bounds__(kThreads)
 
 // --------------------------------------------------------------------------- avg pooling, backward
 
-// Average and adaptive average pooling, NCHW gather: thread per input element;
-// each covering window (p, q) contributes its gradient divided as in the
-// forward, summed along q per window row, then over the rows.
-template <bool kAdaptive, typename scalar_t, typename index_t>
+// Average and adaptive average pooling, gather: a thread per item of the input
+// grid; each covering window (p, q) contributes its gradient divided as in the
+// forward, in output order (p, then q). NCHW sums along q per window row, then
+// over the rows; NHWC adds every term to one running total (the row sum starts
+// from it).
+template <bool kAdaptive, typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void __launch_bounds__(kThreads)
-    avg_pool_backward_nchw_kernel(const scalar_t* __restrict__ grad_output,
-                                  scalar_t* __restrict__ grad_input, const Geometry<index_t> g,
-                                  const index_t total) {
+    avg_pool_backward_kernel(const scalar_t* __restrict__ grad_output,
+                             scalar_t* __restrict__ grad_input, const Geometry<index_t> g,
+                             const index_t total) {
   using acc = acc_t<scalar_t>;
   CNNKIT_KERNEL_LOOP(linear, total) {
-    const index_t e = static_cast<index_t>(linear);
-    index_t rest, w, plane, h;
-    g.by_W.divmod(e, rest, w);
-    g.by_H.divmod(rest, plane, h);
+    const auto it = item_at<kChannelsLast>(linear, g, g.by_H, g.by_W);
     index_t p_first, p_last, q_first, q_last;
-    covering_windows<kAdaptive>(h, g.H, g.P, g.by_H, g.by_stride_h, g.kernel_h, g.pad_h, p_first,
-                                p_last);
-    covering_windows<kAdaptive>(w, g.W, g.Q, g.by_W, g.by_stride_w, g.kernel_w, g.pad_w, q_first,
-                                q_last);
-    const scalar_t* go = grad_output + plane * g.P * g.Q;
-    acc sum = 0;
-    for (index_t p = p_first; p <= p_last; ++p) {
-      const index_t rows = axis_window<kAdaptive>(p, g.H, g.by_P, g.kernel_h, g.stride_h,
-                                                  g.pad_h, g.count_include_pad).count;
-      acc row_sum = 0;
-      for (index_t q = q_first; q <= q_last; ++q) {
-        const index_t cols = axis_window<kAdaptive>(q, g.W, g.by_Q, g.kernel_w, g.stride_w,
-                                                    g.pad_w, g.count_include_pad).count;
-        row_sum += average<kAdaptive>(static_cast<acc>(go[p * g.Q + q]), rows, cols,
-                                      g.divisor_override);
-      }
-      sum += row_sum;
-    }
-    grad_input[e] = static_cast<scalar_t>(sum);
-  }
-}
-
-// NHWC gather: thread per (input pixel, channel slot); windows summed in
-// output order (p, then q).
-template <bool kAdaptive, typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads)
-    avg_pool_backward_nhwc_kernel(const scalar_t* __restrict__ grad_output,
-                                  scalar_t* __restrict__ grad_input, const Geometry<index_t> g,
-                                  const index_t total) {
-  using acc = acc_t<scalar_t>;
-  CNNKIT_KERNEL_LOOP(linear, total) {
-    index_t pixel, slot, rest, w, n, h;
-    g.by_slots.divmod(static_cast<index_t>(linear), pixel, slot);
-    g.by_W.divmod(pixel, rest, w);
-    g.by_H.divmod(rest, n, h);
-    index_t p_first, p_last, q_first, q_last;
-    covering_windows<kAdaptive>(h, g.H, g.P, g.by_H, g.by_stride_h, g.kernel_h, g.pad_h, p_first,
-                                p_last);
-    covering_windows<kAdaptive>(w, g.W, g.Q, g.by_W, g.by_stride_w, g.kernel_w, g.pad_w, q_first,
-                                q_last);
-    const scalar_t* go = grad_output + n * g.P * g.Q * g.C;
-    for (index_t c = slot; c < g.C; c += g.slots) {
+    covering_windows<kAdaptive>(it.y, g.H, g.P, g.by_H, g.by_stride_h, g.kernel_h, g.pad_h,
+                                p_first, p_last);
+    covering_windows<kAdaptive>(it.x, g.W, g.Q, g.by_W, g.by_stride_w, g.kernel_w, g.pad_w,
+                                q_first, q_last);
+    const scalar_t* go = it.base(grad_output, g.P * g.Q);
+    for (index_t c = it.first_channel(); c < it.channel_end(); c += it.channel_step()) {
       acc sum = 0;
       for (index_t p = p_first; p <= p_last; ++p) {
         const index_t rows = axis_window<kAdaptive>(p, g.H, g.by_P, g.kernel_h, g.stride_h,
                                                     g.pad_h, g.count_include_pad).count;
+        acc row_sum = kChannelsLast ? sum : acc(0);
         for (index_t q = q_first; q <= q_last; ++q) {
           const index_t cols = axis_window<kAdaptive>(q, g.W, g.by_Q, g.kernel_w, g.stride_w,
                                                       g.pad_w, g.count_include_pad).count;
-          sum += average<kAdaptive>(static_cast<acc>(go[(p * g.Q + q) * g.C + c]), rows, cols,
-                                    g.divisor_override);
+          row_sum += average<kAdaptive>(static_cast<acc>(go[it.offset(p * g.Q + q, c)]), rows,
+                                        cols, g.divisor_override);
         }
+        sum = kChannelsLast ? row_sum : sum + row_sum;
       }
-      grad_input[pixel * g.C + c] = static_cast<scalar_t>(sum);
+      grad_input[it.own(c)] = static_cast<scalar_t>(sum);
     }
   }
 }
@@ -858,49 +761,37 @@ ChannelGeometry<index_t> make_channel_geometry(const ChannelPoolProblem& pb) {
   return g;
 }
 
-// NCHW: thread per output element o = (n * K + k) * HW + x; the group's planes
-// are HW apart, consecutive threads on consecutive x.
-template <typename scalar_t, typename index_t>
+// A thread per output element. NCHW: o = (n * K + k) * HW + x, the group's
+// planes HW apart (consecutive threads on consecutive x); NHWC: o = pixel * K + k,
+// the group pool consecutive channels of the pixel.
+template <typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void __launch_bounds__(kThreads)
-    channel_max_nchw_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
-                            int64_t* __restrict__ indices, const ChannelGeometry<index_t> g,
-                            const index_t total) {
+    channel_max_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
+                       int64_t* __restrict__ indices, const ChannelGeometry<index_t> g,
+                       const index_t total) {
   using acc = acc_t<scalar_t>;
   CNNKIT_KERNEL_LOOP(linear, total) {
     const index_t o = static_cast<index_t>(linear);
-    index_t nk, x, n, k;
-    g.by_HW.divmod(o, nk, x);
-    g.by_K.divmod(nk, n, k);
-    const index_t c0 = k * g.pool;
-    const scalar_t* group = input + (n * g.C + c0) * g.HW + x;
-    acc best = minus_infinity<acc>();
-    index_t best_at = -1;
-    for (index_t j = 0; j < g.pool; ++j) {
-      update_max(best, best_at, static_cast<acc>(group[j * g.HW]), c0 + j);
+    index_t c0, first, step;  // the group's first channel, its element, the channel stride
+    if constexpr (kChannelsLast) {
+      index_t pixel, k;
+      g.by_K.divmod(o, pixel, k);
+      c0 = k * g.pool;
+      first = pixel * g.C + c0;
+      step = 1;
+    } else {
+      index_t nk, x, n, k;
+      g.by_HW.divmod(o, nk, x);
+      g.by_K.divmod(nk, n, k);
+      c0 = k * g.pool;
+      first = (n * g.C + c0) * g.HW + x;
+      step = g.HW;
     }
-    output[o] = static_cast<scalar_t>(best);
-    indices[o] = best_at;
-  }
-}
-
-// NHWC: thread per output element o = pixel * K + k; the group is pool
-// consecutive channels of the pixel.
-template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads)
-    channel_max_nhwc_kernel(const scalar_t* __restrict__ input, scalar_t* __restrict__ output,
-                            int64_t* __restrict__ indices, const ChannelGeometry<index_t> g,
-                            const index_t total) {
-  using acc = acc_t<scalar_t>;
-  CNNKIT_KERNEL_LOOP(linear, total) {
-    const index_t o = static_cast<index_t>(linear);
-    index_t pixel, k;
-    g.by_K.divmod(o, pixel, k);
-    const index_t c0 = k * g.pool;
-    const scalar_t* group = input + pixel * g.C + c0;
+    const scalar_t* group = input + first;
     acc best = minus_infinity<acc>();
     index_t best_at = -1;
     for (index_t j = 0; j < g.pool; ++j) {
-      update_max(best, best_at, static_cast<acc>(group[j]), c0 + j);
+      update_max(best, best_at, static_cast<acc>(group[j * step]), c0 + j);
     }
     output[o] = static_cast<scalar_t>(best);
     indices[o] = best_at;
@@ -908,35 +799,27 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // grad_input[n, c, h, w] = grad_output[n, k, h, w] where indices[n, k, h, w] == c,
-// else 0 (k = c / pool): thread per input element e = (n * C + c) * HW + x.
-template <typename scalar_t, typename index_t>
+// else 0 (k = c / pool): a thread per input element, e = (n * C + c) * HW + x
+// (NCHW) or pixel * C + c (NHWC).
+template <typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void __launch_bounds__(kThreads)
-    channel_max_backward_nchw_kernel(const scalar_t* __restrict__ grad_output,
-                                     const int64_t* __restrict__ indices,
-                                     scalar_t* __restrict__ grad_input,
-                                     const ChannelGeometry<index_t> g, const index_t total) {
+    channel_max_backward_kernel(const scalar_t* __restrict__ grad_output,
+                                const int64_t* __restrict__ indices,
+                                scalar_t* __restrict__ grad_input,
+                                const ChannelGeometry<index_t> g, const index_t total) {
   CNNKIT_KERNEL_LOOP(linear, total) {
     const index_t e = static_cast<index_t>(linear);
-    index_t nc, x, n, c;
-    g.by_HW.divmod(e, nc, x);
-    g.by_C.divmod(nc, n, c);
-    const index_t from = (n * g.K + g.by_pool.div(c)) * g.HW + x;
-    grad_input[e] = indices[from] == c ? grad_output[from] : static_cast<scalar_t>(0);
-  }
-}
-
-// NHWC: thread per input element e = pixel * C + c.
-template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads)
-    channel_max_backward_nhwc_kernel(const scalar_t* __restrict__ grad_output,
-                                     const int64_t* __restrict__ indices,
-                                     scalar_t* __restrict__ grad_input,
-                                     const ChannelGeometry<index_t> g, const index_t total) {
-  CNNKIT_KERNEL_LOOP(linear, total) {
-    const index_t e = static_cast<index_t>(linear);
-    index_t pixel, c;
-    g.by_C.divmod(e, pixel, c);
-    const index_t from = pixel * g.K + g.by_pool.div(c);
+    index_t c, from;
+    if constexpr (kChannelsLast) {
+      index_t pixel;
+      g.by_C.divmod(e, pixel, c);
+      from = pixel * g.K + g.by_pool.div(c);
+    } else {
+      index_t nc, x, n;
+      g.by_HW.divmod(e, nc, x);
+      g.by_C.divmod(nc, n, c);
+      from = (n * g.K + g.by_pool.div(c)) * g.HW + x;
+    }
     grad_input[e] = indices[from] == c ? grad_output[from] : static_cast<scalar_t>(0);
   }
 }
@@ -950,29 +833,20 @@ void launch(void (*kernel)(Params...), int64_t items, Args... args) {
   CNNKIT_CHECK_LAUNCH();
 }
 
-bool is_channels_last(at::MemoryFormat format) { return format == at::MemoryFormat::ChannelsLast; }
-
-// Outputs, indices and input gradients in the memory format of the input.
-at::Tensor empty_pooled(const at::Tensor& input, at::IntArrayRef sizes, at::ScalarType dtype,
-                        at::MemoryFormat format) {
-  return at::empty(sizes, input.options().dtype(dtype).memory_format(format));
-}
-
 // The square kernel size max_pool's kernels are unrolled for, or 0.
 int fixed_kernel(const Pool2dProblem& pb) {
   if (pb.kernel_h != pb.kernel_w) return 0;
   return pb.kernel_h == 2 || pb.kernel_h == 3 ? static_cast<int>(pb.kernel_h) : 0;
 }
 
-template <int kFixedKernel, typename scalar_t, typename index_t>
-void launch_max_pool(bool nhwc, const scalar_t* in, scalar_t* out, int64_t* index,
-                     const Geometry<index_t>& g, int64_t items) {
+// Calls body(layout) with layout = std::bool_constant<nhwc>: the kernels'
+// kChannelsLast as a compile-time value.
+template <typename Body>
+void with_layout(bool nhwc, Body&& body) {
   if (nhwc) {
-    launch(max_pool_nhwc_kernel<scalar_t, index_t, kFixedKernel>, items, in, out, index, g,
-           static_cast<index_t>(items));
+    body(std::true_type{});
   } else {
-    launch(max_pool_nchw_kernel<scalar_t, index_t, kFixedKernel>, items, in, out, index, g,
-           static_cast<index_t>(items));
+    body(std::false_type{});
   }
 }
 
@@ -997,128 +871,11 @@ void launch_global_pool(bool nhwc, const scalar_t* in, scalar_t* out, int64_t* i
   }
 }
 
-// Max and adaptive max pooling, forward.
-std::tuple<at::Tensor, at::Tensor> max_pool_forward(const at::Tensor& input,
-                                                    const Pool2dProblem& pb, bool adaptive) {
-  const auto format = input.suggest_memory_format();
-  auto out = empty_pooled(input, {pb.N, pb.C, pb.P, pb.Q}, input.scalar_type(), format);
-  auto index = empty_pooled(input, {pb.N, pb.C, pb.P, pb.Q}, at::kLong, format);
-  if (out.numel() == 0) return {out, index};
-  const auto x = input.contiguous(format);
-  const bool nhwc = is_channels_last(format);
-  const bool global = adaptive && pb.P == 1 && pb.Q == 1;
-  // NHWC: a thread per (output pixel, channel slot).
-  const int64_t pixels = pb.N * pb.P * pb.Q;
-  const int64_t slots = nhwc ? channel_slots(pb.C, pixels) : 1;
-  const int64_t items = nhwc ? pixels * slots : out.numel();
-  CNNKIT_DISPATCH_CUDA_FLOATING(input.scalar_type(), "cnnkit.max_pool2d", [&] {
-    CNNKIT_DISPATCH_INDEX(pool_fits_int32(pb), [&] {
-      const auto g = make_geometry<index_t>(pb, slots);
-      const scalar_t* in = x.const_data_ptr<scalar_t>();
-      scalar_t* o = out.mutable_data_ptr<scalar_t>();
-      int64_t* ix = index.mutable_data_ptr<int64_t>();
-      const index_t n = static_cast<index_t>(items);
-      if (global) {
-        launch_global_pool<GlobalMax, scalar_t, index_t>(nhwc, in, o, ix, pb);
-      } else if (adaptive && nhwc) {
-        launch(adaptive_max_pool_nhwc_kernel<scalar_t, index_t>, items, in, o, ix, g, n);
-      } else if (adaptive) {
-        launch(adaptive_max_pool_nchw_kernel<scalar_t, index_t>, items, in, o, ix, g, n);
-      } else if (fixed_kernel(pb) == 3) {
-        launch_max_pool<3>(nhwc, in, o, ix, g, items);
-      } else if (fixed_kernel(pb) == 2) {
-        launch_max_pool<2>(nhwc, in, o, ix, g, items);
-      } else {
-        launch_max_pool<0>(nhwc, in, o, ix, g, items);
-      }
-    });
-  });
-  return {out, index};
-}
-
-std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input,
-                                                   at::IntArrayRef kernel_size,
-                                                   at::IntArrayRef stride,
-                                                   at::IntArrayRef padding,
-                                                   at::IntArrayRef dilation, bool ceil_mode) {
-  const auto pb = max_pool2d_problem("cnnkit.max_pool2d", input, kernel_size, stride, padding,
-                                     dilation, ceil_mode);
-  c10::cuda::CUDAGuard guard(input.device());
-  return max_pool_forward(input, pb, /*adaptive=*/false);
-}
-
-std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cuda(const at::Tensor& input,
-                                                            at::IntArrayRef output_size) {
-  const auto pb = adaptive_pool2d_problem("cnnkit.adaptive_max_pool2d", input, output_size);
-  c10::cuda::CUDAGuard guard(input.device());
-  return max_pool_forward(input, pb, /*adaptive=*/true);
-}
-
-// Serves max_pool2d and adaptive_max_pool2d: the reach of the indices first
-// (see the top of the file), then the gather.
-at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                    const at::Tensor& indices) {
-  const auto pb = max_pool2d_backward_problem("cnnkit.max_pool2d_backward", grad_output, input,
-                                              indices);
-  c10::cuda::CUDAGuard guard(input.device());
-  const auto format = input.suggest_memory_format();
-  // An empty output (adaptive output_size 0) leaves the gradient zero.
-  if (grad_output.numel() == 0) {
-    return empty_pooled(input, input.sizes(), input.scalar_type(), format).zero_();
-  }
-  auto grad_input = empty_pooled(input, input.sizes(), input.scalar_type(), format);
-  const auto go = grad_output.contiguous(format);
-  const auto ix = indices.contiguous(format);
-  const bool nhwc = is_channels_last(format);
-  const cudaStream_t stream = current_stream();
-  auto reach = at::empty({kReachValues}, input.options().dtype(at::kLong));
-  auto* reach_values = reinterpret_cast<unsigned long long*>(reach.mutable_data_ptr<int64_t>());
-  C10_CUDA_CHECK(cudaMemsetAsync(reach_values, 0, kReachValues * sizeof(int64_t), stream));
-  const int64_t index_count = ix.numel();
-  const int64_t pixels = pb.N * pb.H * pb.W;
-  const int64_t slots = nhwc ? channel_slots(pb.C, pixels) : 1;
-  const int64_t items = nhwc ? pixels * slots : input.numel();
-  CNNKIT_DISPATCH_INDEX(pool_fits_int32(pb), [&] {
-    const auto g = make_geometry<index_t>(pb, slots);
-    const int64_t* i = ix.const_data_ptr<int64_t>();
-    // A streaming reduction: a few blocks per multiprocessor suffice, and each
-    // block costs four atomics on the same words.
-    const unsigned int reach_blocks = std::min<unsigned int>(
-        grid_for(index_count), static_cast<unsigned int>(multiprocessor_count() * 4));
-    if (nhwc) {
-      max_index_reach_kernel<index_t, true><<<reach_blocks, kThreads, 0, stream>>>(
-          i, g, static_cast<index_t>(index_count), reach_values);
-    } else {
-      max_index_reach_kernel<index_t, false><<<reach_blocks, kThreads, 0, stream>>>(
-          i, g, static_cast<index_t>(index_count), reach_values);
-    }
-    CNNKIT_CHECK_LAUNCH();
-    CNNKIT_DISPATCH_CUDA_FLOATING(input.scalar_type(), "cnnkit.max_pool2d_backward", [&] {
-      const scalar_t* g_out = go.const_data_ptr<scalar_t>();
-      scalar_t* g_in = grad_input.mutable_data_ptr<scalar_t>();
-      const index_t n = static_cast<index_t>(items);
-      if (nhwc) {
-        launch(max_pool_backward_nhwc_kernel<scalar_t, index_t>, items, g_out, i,
-               static_cast<const unsigned long long*>(reach_values), g_in, g, n);
-      } else {
-        launch(max_pool_backward_nchw_kernel<scalar_t, index_t>, items, g_out, i,
-               static_cast<const unsigned long long*>(reach_values), g_in, g, n);
-      }
-    });
-  });
-  return grad_input;
-}
-
 // Average and adaptive average pooling, forward.
 template <bool kAdaptive>
-at::Tensor avg_pool_forward(const at::Tensor& input, const Pool2dProblem& pb) {
-  const auto format = input.suggest_memory_format();
-  auto out = empty_pooled(input, {pb.N, pb.C, pb.P, pb.Q}, input.scalar_type(), format);
-  if (out.numel() == 0) return out;
-  const auto x = input.contiguous(format);
-  const bool nhwc = is_channels_last(format);
+void launch_avg_pool(const Pool2dProblem& pb, bool nhwc, const at::Tensor& x, at::Tensor& out) {
   const bool global = kAdaptive && pb.P == 1 && pb.Q == 1;
-  CNNKIT_DISPATCH_CUDA_FLOATING(input.scalar_type(), "cnnkit.avg_pool2d", [&] {
+  CNNKIT_DISPATCH_CUDA_FLOATING(x.scalar_type(), "cnnkit.avg_pool2d", [&] {
     CNNKIT_DISPATCH_INDEX(pool_fits_int32(pb), [&] {
       const scalar_t* in = x.const_data_ptr<scalar_t>();
       scalar_t* o = out.mutable_data_ptr<scalar_t>();
@@ -1129,35 +886,23 @@ at::Tensor avg_pool_forward(const at::Tensor& input, const Pool2dProblem& pb) {
         const int64_t pixels = pb.N * pb.P * pb.Q;
         const int64_t slots = nhwc ? channel_slots(pb.C, pixels) : 1;
         const auto g = make_geometry<index_t>(pb, slots);
-        if (nhwc) {
-          const int64_t items = pixels * slots;
-          launch(avg_pool_nhwc_kernel<kAdaptive, scalar_t, index_t>, items, in, o, g,
-                 static_cast<index_t>(items));
-        } else {
-          launch(avg_pool_nchw_kernel<kAdaptive, scalar_t, index_t>, out.numel(), in, o, g,
-                 static_cast<index_t>(out.numel()));
-        }
+        const int64_t items = nhwc ? pixels * slots : out.numel();
+        with_layout(nhwc, [&](auto layout) {
+          launch(avg_pool_kernel<kAdaptive, scalar_t, index_t, decltype(layout)::value>, items,
+                 in, o, g, static_cast<index_t>(items));
+        });
       }
     });
   });
-  return out;
 }
 
 // Average and adaptive average pooling, backward (gathers).
 template <bool kAdaptive>
-at::Tensor avg_pool_backward(const at::Tensor& grad_output, const at::Tensor& input,
-                             const Pool2dProblem& pb) {
-  const auto format = input.suggest_memory_format();
-  // An empty output (adaptive output_size 0) leaves the gradient zero.
-  if (grad_output.numel() == 0) {
-    return empty_pooled(input, input.sizes(), input.scalar_type(), format).zero_();
-  }
-  auto grad_input = empty_pooled(input, input.sizes(), input.scalar_type(), format);
-  const auto go = grad_output.contiguous(format);
-  const bool nhwc = is_channels_last(format);
+void launch_avg_pool_backward(const Pool2dProblem& pb, bool nhwc, const at::Tensor& go,
+                              at::Tensor& grad_input) {
   const bool global = kAdaptive && pb.P == 1 && pb.Q == 1;
   const int64_t total = grad_input.numel();
-  CNNKIT_DISPATCH_CUDA_FLOATING(input.scalar_type(), "cnnkit.avg_pool2d_backward", [&] {
+  CNNKIT_DISPATCH_CUDA_FLOATING(grad_input.scalar_type(), "cnnkit.avg_pool2d_backward", [&] {
     CNNKIT_DISPATCH_INDEX(pool_fits_int32(pb), [&] {
       const scalar_t* g_out = go.const_data_ptr<scalar_t>();
       scalar_t* g_in = grad_input.mutable_data_ptr<scalar_t>();
@@ -1174,124 +919,159 @@ at::Tensor avg_pool_backward(const at::Tensor& grad_output, const at::Tensor& in
         const int64_t pixels = pb.N * pb.H * pb.W;
         const int64_t slots = nhwc ? channel_slots(pb.C, pixels) : 1;
         const auto g = make_geometry<index_t>(pb, slots);
-        if (nhwc) {
-          const int64_t items = pixels * slots;
-          launch(avg_pool_backward_nhwc_kernel<kAdaptive, scalar_t, index_t>, items, g_out, g_in,
-                 g, static_cast<index_t>(items));
-        } else {
-          launch(avg_pool_backward_nchw_kernel<kAdaptive, scalar_t, index_t>, total, g_out, g_in,
-                 g, static_cast<index_t>(total));
+        const int64_t items = nhwc ? pixels * slots : total;
+        with_layout(nhwc, [&](auto layout) {
+          launch(avg_pool_backward_kernel<kAdaptive, scalar_t, index_t, decltype(layout)::value>,
+                 items, g_out, g_in, g, static_cast<index_t>(items));
+        });
+      }
+    });
+  });
+}
+
+// The CUDA backend of the ops in csrc/pool_ops.h: kernels run on the device
+// of the input.
+struct PoolBackend {
+  struct DeviceScope {
+    c10::cuda::CUDAGuard guard;
+    explicit DeviceScope(const at::Tensor& t) : guard(t.device()) {}
+  };
+
+  static at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return at::empty(sizes, options);
+  }
+
+  // Max and adaptive max pooling, forward.
+  static void max_pool(const Pool2dProblem& pb, bool adaptive, bool nhwc, const at::Tensor& x,
+                       at::Tensor& out, at::Tensor& index) {
+    const bool global = adaptive && pb.P == 1 && pb.Q == 1;
+    // NHWC: a thread per (output pixel, channel slot).
+    const int64_t pixels = pb.N * pb.P * pb.Q;
+    const int64_t slots = nhwc ? channel_slots(pb.C, pixels) : 1;
+    const int64_t items = nhwc ? pixels * slots : out.numel();
+    CNNKIT_DISPATCH_CUDA_FLOATING(x.scalar_type(), "cnnkit.max_pool2d", [&] {
+      CNNKIT_DISPATCH_INDEX(pool_fits_int32(pb), [&] {
+        const auto g = make_geometry<index_t>(pb, slots);
+        const scalar_t* in = x.const_data_ptr<scalar_t>();
+        scalar_t* o = out.mutable_data_ptr<scalar_t>();
+        int64_t* ix = index.mutable_data_ptr<int64_t>();
+        const index_t n = static_cast<index_t>(items);
+        if (global) {
+          launch_global_pool<GlobalMax, scalar_t, index_t>(nhwc, in, o, ix, pb);
+          return;
         }
-      }
+        with_layout(nhwc, [&](auto layout) {
+          constexpr bool kNhwc = decltype(layout)::value;
+          if (adaptive) {
+            launch(adaptive_max_pool_kernel<scalar_t, index_t, kNhwc>, items, in, o, ix, g, n);
+          } else if (fixed_kernel(pb) == 3) {
+            launch(max_pool_kernel<scalar_t, index_t, kNhwc, 3>, items, in, o, ix, g, n);
+          } else if (fixed_kernel(pb) == 2) {
+            launch(max_pool_kernel<scalar_t, index_t, kNhwc, 2>, items, in, o, ix, g, n);
+          } else {
+            launch(max_pool_kernel<scalar_t, index_t, kNhwc, 0>, items, in, o, ix, g, n);
+          }
+        });
+      });
     });
-  });
-  return grad_input;
-}
+  }
 
-at::Tensor avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
-                           at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
-                           bool count_include_pad, std::optional<int64_t> divisor_override) {
-  const auto pb = avg_pool2d_problem("cnnkit.avg_pool2d", input, kernel_size, stride, padding,
-                                     ceil_mode, count_include_pad, divisor_override);
-  c10::cuda::CUDAGuard guard(input.device());
-  return avg_pool_forward</*kAdaptive=*/false>(input, pb);
-}
-
-at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                    at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                    at::IntArrayRef padding, bool ceil_mode,
-                                    bool count_include_pad,
-                                    std::optional<int64_t> divisor_override) {
-  const auto pb = avg_pool2d_backward_problem("cnnkit.avg_pool2d_backward", grad_output, input,
-                                              kernel_size, stride, padding, ceil_mode,
-                                              count_include_pad, divisor_override);
-  c10::cuda::CUDAGuard guard(input.device());
-  return avg_pool_backward</*kAdaptive=*/false>(grad_output, input, pb);
-}
-
-at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef output_size) {
-  const auto pb = adaptive_pool2d_problem("cnnkit.adaptive_avg_pool2d", input, output_size);
-  c10::cuda::CUDAGuard guard(input.device());
-  return avg_pool_forward</*kAdaptive=*/true>(input, pb);
-}
-
-at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output,
-                                             const at::Tensor& input) {
-  const auto pb = adaptive_avg_pool2d_backward_problem("cnnkit.adaptive_avg_pool2d_backward",
-                                                       grad_output, input);
-  c10::cuda::CUDAGuard guard(input.device());
-  return avg_pool_backward</*kAdaptive=*/true>(grad_output, input, pb);
-}
-
-std::tuple<at::Tensor, at::Tensor> channel_max_pool_cuda(const at::Tensor& input,
-                                                         int64_t pool_size) {
-  const auto pb = channel_max_pool_problem("cnnkit.channel_max_pool", input, pool_size);
-  c10::cuda::CUDAGuard guard(input.device());
-  const auto format = input.suggest_memory_format();
-  const std::vector<int64_t> sizes{pb.N, pb.out_channels(), pb.H, pb.W};
-  auto out = empty_pooled(input, sizes, input.scalar_type(), format);
-  auto index = empty_pooled(input, sizes, at::kLong, format);
-  if (out.numel() == 0) return {out, index};
-  const auto x = input.contiguous(format);
-  const int64_t total = out.numel();
-  CNNKIT_DISPATCH_CUDA_FLOATING(input.scalar_type(), "cnnkit.channel_max_pool", [&] {
-    CNNKIT_DISPATCH_INDEX(fits_int32({input.numel(), total}), [&] {
-      const auto g = make_channel_geometry<index_t>(pb);
-      const scalar_t* in = x.const_data_ptr<scalar_t>();
-      scalar_t* o = out.mutable_data_ptr<scalar_t>();
-      int64_t* ix = index.mutable_data_ptr<int64_t>();
-      if (is_channels_last(format)) {
-        launch(channel_max_nhwc_kernel<scalar_t, index_t>, total, in, o, ix, g,
-               static_cast<index_t>(total));
-      } else {
-        launch(channel_max_nchw_kernel<scalar_t, index_t>, total, in, o, ix, g,
-               static_cast<index_t>(total));
-      }
-    });
-  });
-  return {out, index};
-}
-
-at::Tensor channel_max_pool_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                          const at::Tensor& indices, int64_t pool_size) {
-  const auto pb = channel_max_pool_backward_problem("cnnkit.channel_max_pool_backward",
-                                                    grad_output, input, indices, pool_size);
-  c10::cuda::CUDAGuard guard(input.device());
-  const auto format = input.suggest_memory_format();
-  auto grad_input = empty_pooled(input, input.sizes(), input.scalar_type(), format);
-  if (grad_input.numel() == 0) return grad_input;
-  const auto go = grad_output.contiguous(format);
-  const auto ix = indices.contiguous(format);
-  const int64_t total = grad_input.numel();
-  CNNKIT_DISPATCH_CUDA_FLOATING(input.scalar_type(), "cnnkit.channel_max_pool_backward", [&] {
-    CNNKIT_DISPATCH_INDEX(fits_int32({total, go.numel()}), [&] {
-      const auto g = make_channel_geometry<index_t>(pb);
-      const scalar_t* g_out = go.const_data_ptr<scalar_t>();
+  // Serves max_pool2d and adaptive_max_pool2d: the reach of the indices first
+  // (see the top of the file), then the gather. The kernels raise no errors
+  // (an index outside its plane matches no input pixel), so fn goes unused.
+  static void max_pool_backward(const Pool2dProblem& pb, const char* /*fn*/, bool nhwc,
+                                const at::Tensor& go, const at::Tensor& ix,
+                                at::Tensor& grad_input) {
+    const cudaStream_t stream = current_stream();
+    auto reach = at::empty({kReachValues}, grad_input.options().dtype(at::kLong));
+    auto* reach_values = reinterpret_cast<unsigned long long*>(reach.mutable_data_ptr<int64_t>());
+    C10_CUDA_CHECK(cudaMemsetAsync(reach_values, 0, kReachValues * sizeof(int64_t), stream));
+    const int64_t index_count = ix.numel();
+    const int64_t pixels = pb.N * pb.H * pb.W;
+    const int64_t slots = nhwc ? channel_slots(pb.C, pixels) : 1;
+    const int64_t items = nhwc ? pixels * slots : grad_input.numel();
+    CNNKIT_DISPATCH_INDEX(pool_fits_int32(pb), [&] {
+      const auto g = make_geometry<index_t>(pb, slots);
       const int64_t* i = ix.const_data_ptr<int64_t>();
-      scalar_t* g_in = grad_input.mutable_data_ptr<scalar_t>();
-      if (is_channels_last(format)) {
-        launch(channel_max_backward_nhwc_kernel<scalar_t, index_t>, total, g_out, i, g_in, g,
-               static_cast<index_t>(total));
-      } else {
-        launch(channel_max_backward_nchw_kernel<scalar_t, index_t>, total, g_out, i, g_in, g,
-               static_cast<index_t>(total));
-      }
+      // A streaming reduction: a few blocks per multiprocessor suffice, and each
+      // block costs four atomics on the same words.
+      const unsigned int reach_blocks = std::min<unsigned int>(
+          grid_for(index_count), static_cast<unsigned int>(multiprocessor_count() * 4));
+      with_layout(nhwc, [&](auto layout) {
+        max_index_reach_kernel<index_t, decltype(layout)::value>
+            <<<reach_blocks, kThreads, 0, stream>>>(i, g, static_cast<index_t>(index_count),
+                                                    reach_values);
+      });
+      CNNKIT_CHECK_LAUNCH();
+      CNNKIT_DISPATCH_CUDA_FLOATING(grad_input.scalar_type(), "cnnkit.max_pool2d_backward", [&] {
+        const scalar_t* g_out = go.const_data_ptr<scalar_t>();
+        scalar_t* g_in = grad_input.mutable_data_ptr<scalar_t>();
+        with_layout(nhwc, [&](auto layout) {
+          launch(max_pool_backward_kernel<scalar_t, index_t, decltype(layout)::value>, items,
+                 g_out, i, static_cast<const unsigned long long*>(reach_values), g_in, g,
+                 static_cast<index_t>(items));
+        });
+      });
     });
-  });
-  return grad_input;
-}
+  }
+
+  static void avg_pool(const Pool2dProblem& pb, bool adaptive, bool nhwc, const at::Tensor& x,
+                       at::Tensor& out) {
+    if (adaptive) {
+      launch_avg_pool<true>(pb, nhwc, x, out);
+    } else {
+      launch_avg_pool<false>(pb, nhwc, x, out);
+    }
+  }
+
+  static void avg_pool_backward(const Pool2dProblem& pb, bool adaptive, bool nhwc,
+                                const at::Tensor& go, at::Tensor& grad_input) {
+    if (adaptive) {
+      launch_avg_pool_backward<true>(pb, nhwc, go, grad_input);
+    } else {
+      launch_avg_pool_backward<false>(pb, nhwc, go, grad_input);
+    }
+  }
+
+  static void channel_max_pool(const ChannelPoolProblem& pb, bool nhwc, const at::Tensor& x,
+                               at::Tensor& out, at::Tensor& index) {
+    const int64_t total = out.numel();
+    CNNKIT_DISPATCH_CUDA_FLOATING(x.scalar_type(), "cnnkit.channel_max_pool", [&] {
+      CNNKIT_DISPATCH_INDEX(fits_int32({x.numel(), total}), [&] {
+        const auto g = make_channel_geometry<index_t>(pb);
+        const scalar_t* in = x.const_data_ptr<scalar_t>();
+        scalar_t* o = out.mutable_data_ptr<scalar_t>();
+        int64_t* ix = index.mutable_data_ptr<int64_t>();
+        with_layout(nhwc, [&](auto layout) {
+          launch(channel_max_kernel<scalar_t, index_t, decltype(layout)::value>, total, in, o, ix,
+                 g, static_cast<index_t>(total));
+        });
+      });
+    });
+  }
+
+  static void channel_max_pool_backward(const ChannelPoolProblem& pb, bool nhwc,
+                                        const at::Tensor& go, const at::Tensor& ix,
+                                        at::Tensor& grad_input) {
+    const int64_t total = grad_input.numel();
+    CNNKIT_DISPATCH_CUDA_FLOATING(grad_input.scalar_type(), "cnnkit.channel_max_pool_backward", [&] {
+      CNNKIT_DISPATCH_INDEX(fits_int32({total, go.numel()}), [&] {
+        const auto g = make_channel_geometry<index_t>(pb);
+        const scalar_t* g_out = go.const_data_ptr<scalar_t>();
+        const int64_t* i = ix.const_data_ptr<int64_t>();
+        scalar_t* g_in = grad_input.mutable_data_ptr<scalar_t>();
+        with_layout(nhwc, [&](auto layout) {
+          launch(channel_max_backward_kernel<scalar_t, index_t, decltype(layout)::value>, total,
+                 g_out, i, g_in, g, static_cast<index_t>(total));
+        });
+      });
+    });
+  }
+};
 
 }  // namespace
 }  // namespace cnnkit::cuda
 
 TORCH_LIBRARY_IMPL(cnnkit, CUDA, m) {
-  m.impl("max_pool2d", &cnnkit::cuda::max_pool2d_cuda);
-  m.impl("max_pool2d_backward", &cnnkit::cuda::max_pool2d_backward_cuda);
-  m.impl("avg_pool2d", &cnnkit::cuda::avg_pool2d_cuda);
-  m.impl("avg_pool2d_backward", &cnnkit::cuda::avg_pool2d_backward_cuda);
-  m.impl("adaptive_max_pool2d", &cnnkit::cuda::adaptive_max_pool2d_cuda);
-  m.impl("adaptive_avg_pool2d", &cnnkit::cuda::adaptive_avg_pool2d_cuda);
-  m.impl("adaptive_avg_pool2d_backward", &cnnkit::cuda::adaptive_avg_pool2d_backward_cuda);
-  m.impl("channel_max_pool", &cnnkit::cuda::channel_max_pool_cuda);
-  m.impl("channel_max_pool_backward", &cnnkit::cuda::channel_max_pool_backward_cuda);
+  CNNKIT_REGISTER_POOL2D_OPS(m, cnnkit::cuda::PoolBackend);
 }
