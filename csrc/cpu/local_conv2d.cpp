@@ -259,7 +259,11 @@ void input_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* 
   const int64_t PQ = pb.P * pb.Q, CgRS = pb.patch_size(), CRS = pb.C * pb.R * pb.S;
   const int64_t Kg = pb.group_out_channels(), HW = pb.H * pb.W;
   std::fill(grad_in, grad_in + pb.N * pb.C * HW, T(0));
-  std::vector<T> row_patches(pb.Q * pb.N * CRS);
+  // The row's patches, from ATen's allocator (not std::vector) so that memory
+  // accounting such as the profiler's sees this, the kernel's largest scratch.
+  const auto row_patches_buffer =
+      at::empty({pb.Q * pb.N * CRS}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  T* const row_patches_data = row_patches_buffer.template mutable_data_ptr<T>();
   for (int64_t p = 0; p < pb.P; ++p) {
     at::parallel_for(0, pb.Q, grain_for(pb.N * pb.K * CgRS), [&](int64_t q0, int64_t q1) {
       std::vector<T> coef(Kg);
@@ -268,7 +272,7 @@ void input_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* 
         for (int64_t n = 0; n < pb.N; ++n) {
           for (int64_t g = 0; g < pb.groups; ++g) {
             for (int64_t i = 0; i < Kg; ++i) coef[i] = grad_out[(n * pb.K + g * Kg + i) * PQ + l];
-            combine_rows(row_patches.data() + (q * pb.N + n) * CRS + g * CgRS,
+            combine_rows(row_patches_data + (q * pb.N + n) * CRS + g * CgRS,
                          weight_row(w, pb, g * Kg, l), PQ * CgRS, coef.data(), Kg, CgRS);
           }
         }
@@ -278,7 +282,7 @@ void input_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* 
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t n = i / pb.C, c = i % pb.C;
         for (int64_t q = 0; q < pb.Q; ++q) {
-          scatter_patch(row_patches.data() + (q * pb.N + n) * CRS, grad_in + n * pb.C * HW, pb, p,
+          scatter_patch(row_patches_data + (q * pb.N + n) * CRS, grad_in + n * pb.C * HW, pb, p,
                         q, c, c + 1);
         }
       }
