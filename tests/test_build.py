@@ -101,3 +101,14 @@ def test_cuda_tensors_never_go_through_the_cpu(cuda_device):
     assert y.device.type == "cuda"
     assert_close(y, expected, torch.float32)
 
+
+
+@pytest.mark.skipif(not cnnkit.build_info()["with_cuda"], reason="built without CUDA sources")
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_cuda_build_registers_a_cuda_kernel_for_every_op(name):
+    # Checked without a GPU: in a build with the CUDA sources, each op's CUDA
+    # key holds a kernel registered by a file in csrc/cuda/, not the
+    # "not built for CUDA" error kernel that cnnkit.cpp gives the ops without one.
+    dump = torch._C._dispatch_dump(f"cnnkit::{name}")
+    (cuda_line,) = [line for line in dump.splitlines() if line.startswith("CUDA:")]
+    assert "/csrc/cuda/" in cuda_line and "cnnkit.cpp" not in cuda_line, cuda_line
