@@ -198,6 +198,60 @@ __device__ __forceinline__ LaneRole lane_role() {
   return me;
 }
 
+// Mixed-radix digits of a linear tile index, least significant first: the
+// tiled kernels number their tiles with the sample block fastest, so blocks
+// adjacent in launch order share their weights.
+struct TileDigits {
+  int64_t rest;
+  __device__ __forceinline__ int next(int radix) {
+    const int digit = static_cast<int>(rest % radix);
+    rest /= radix;
+    return digit;
+  }
+  __device__ __forceinline__ int last() const { return static_cast<int>(rest); }
+};
+
+// Stages the data window of a stage for the NB = 4*TN samples n0 + [0, NB):
+// window[i][u][sample] (column stride NBS, row stride width*NBS) = value at
+// column col0 + u of row i of the sample, where row i starts at element
+// row_offset(i) of each sample (sample_size elements) and is -1 for a row in
+// the padding; 0 outside [0, cols), for padded rows and for samples past N.
+// Warp w loads rows w, w + 4, ...; instruction = 4 samples x 8 consecutive
+// columns.
+template <int TN, typename scalar_t, typename acc, typename RowOffset>
+__device__ __forceinline__ void load_window(const scalar_t* data, int64_t sample_size,
+                                            int64_t n0, int64_t N, int rows, int width,
+                                            int col0, int cols, const LaneRole& me,
+                                            acc* window, RowOffset&& row_offset) {
+  constexpr int NBS = sample_stride<TN>();
+  for (int i = me.warp; i < rows; i += 4) {
+    const int64_t offset = row_offset(i);
+    acc* dst = window + i * width * NBS + me.minor;
+#pragma unroll
+    for (int quad = 0; quad < TN; ++quad) {
+      const int64_t n = n0 + quad * 4 + me.minor;
+      const bool row_ok = n < N && offset >= 0;
+      const scalar_t* src = row_ok ? data + n * sample_size + offset : data;
+      for (int u = me.major; u < width; u += 8) {
+        const int col = col0 + u;
+        dst[u * NBS + quad * 4] =
+            (row_ok && col >= 0 && col < cols) ? static_cast<acc>(src[col]) : acc(0);
+      }
+    }
+  }
+}
+
+// One tap of the compute loop: the thread's TN window values at x and its 8
+// channels of tap t of its point's slab, multiplied into its TN x 8 tile.
+template <int TN, typename T>
+__device__ __forceinline__ void accumulate_tap(T (&sums)[TN][8], const T* x, const T* slab, int t,
+                                               int channel_group) {
+  T a[TN], b[8];
+  load_shared<TN>(x, a);
+  load_channels(slab, t, channel_group, b);
+  outer_product_step(sums, a, b);
+}
+
 // The warps of a block are Splits x Groups: warp = split * Groups + group.
 // The warps of one group hold partial TN x 8 tiles of the same outputs (each
 // summed over its share of the taps); this adds them in split order through
@@ -261,19 +315,13 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<scalar_t>)
   const int C = pb.C, H = pb.H, W = pb.W, K = pb.K, R = pb.R, S = pb.S, P = pb.P, Q = pb.Q;
   const int Cg = pb.group_in_channels(), Kg = pb.group_out_channels();
   const int sh = pb.stride_h, sw = pb.stride_w, dh = pb.dilation_h, dw = pb.dilation_w;
-  const int64_t N = pb.N, patch = pb.patch_size();
+  const int64_t N = pb.N, patch = pb.patch_size(), CHW = int64_t{C} * H * W;
   const int WW = plan.window_w, PS = plan.point_stride, rows_total = Cg * R;
 
   for (int64_t tile = blockIdx.x; tile < plan.tiles; tile += gridDim.x) {
-    int64_t rest = tile;
-    const int nb = static_cast<int>(rest % plan.n_blocks);
-    rest /= plan.n_blocks;
-    const int qt = static_cast<int>(rest % plan.q_tiles);
-    rest /= plan.q_tiles;
-    const int p = static_cast<int>(rest % P);
-    rest /= P;
-    const int kb = static_cast<int>(rest % plan.k_blocks);
-    const int g = static_cast<int>(rest / plan.k_blocks);
+    TileDigits digits{tile};
+    const int nb = digits.next(plan.n_blocks), qt = digits.next(plan.q_tiles);
+    const int p = digits.next(P), kb = digits.next(plan.k_blocks), g = digits.last();
     const int64_t n0 = int64_t{nb} * NB;
     const int q0 = qt * kWarpPoints, k0 = kb * kChannelBlock, iw0 = q0 * sw - pb.pad_w;
 
@@ -282,25 +330,13 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<scalar_t>)
       const int rows = min(plan.rows_per_stage, rows_total - cr0);
       const int taps = rows * S;
 
-      // Input window: warp w loads rows w, w + 4, ...; instruction = 4
-      // samples x 8 consecutive columns.
-      for (int i = me.warp; i < rows; i += 4) {
+      // Input window: row i is input row (c, p*sh - ph + r*dh) for (c, r) =
+      // row cr0 + i of the flattened axis.
+      load_window<TN>(input, CHW, n0, N, rows, WW, iw0, W, me, window, [&](int i) -> int64_t {
         const int c = (cr0 + i) / R, r = cr0 + i - c * R;
         const int ih = p * sh - pb.pad_h + r * dh;
-        const int64_t channel = int64_t{g} * Cg + c;
-        acc* dst = window + i * WW * NBS + me.minor;
-#pragma unroll
-        for (int quad = 0; quad < TN; ++quad) {
-          const int64_t n = n0 + quad * 4 + me.minor;
-          const bool row_ok = n < N && ih >= 0 && ih < H;
-          const scalar_t* src = row_ok ? input + ((n * C + channel) * H + ih) * W : input;
-          for (int u = me.major; u < WW; u += 8) {
-            const int iw = iw0 + u;
-            dst[u * NBS + quad * 4] =
-                (row_ok && iw >= 0 && iw < W) ? static_cast<acc>(src[iw]) : acc(0);
-          }
-        }
-      }
+        return ih >= 0 && ih < H ? ((int64_t{g} * Cg + c) * H + ih) * W : -1;
+      });
 
       // Weight slabs: warp w loads channels 4w + [0, 4) of the 4 locations;
       // instruction = 4 channels x 8 consecutive taps of one location.
@@ -337,10 +373,7 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<scalar_t>)
         int i = t / S, s = t - i * S;
         int x_offset = (i * WW + s * dw) * NBS;
         for (; t < t_end; ++t) {
-          acc a[TN], b[8];
-          load_shared<TN>(x_point + x_offset, a);
-          load_channels(slab, t, me.channel_group, b);
-          outer_product_step(sums, a, b);
+          accumulate_tap(sums, x_point + x_offset, slab, t, me.channel_group);
           if (++s == S) {
             s = 0;
             ++i;
@@ -396,6 +429,16 @@ __global__ void local_forward_direct(const scalar_t* __restrict__ input,
   }
 }
 
+// The most rows (at most rows_total) of a stage whose shared_bytes(rows) fit
+// the shared-memory budget; 0 when not even one row does.
+template <typename SharedBytes>
+int64_t rows_that_fit(int64_t rows_total, SharedBytes&& shared_bytes) {
+  for (int64_t rows = rows_total; rows >= 1; --rows) {
+    if (shared_bytes(rows) <= kSharedBudget) return rows;
+  }
+  return 0;
+}
+
 int64_t forward_tiles(const Conv2dProblem& pb, int tn) {
   return ceil_div<int64_t>(pb.N, 4 * tn) * ceil_div<int64_t>(pb.Q, kWarpPoints) * pb.P *
          ceil_div<int64_t>(pb.group_out_channels(), kChannelBlock) * pb.groups;
@@ -412,10 +455,7 @@ std::optional<ForwardPlan> forward_plan(const Conv2dProblem& pb, int64_t acc_siz
     return std::max(stage, kReduceScratch) * acc_size;
   };
   const int64_t rows_total = std::max<int64_t>(1, pb.group_in_channels() * pb.R);
-  int64_t fit = 0;
-  for (int64_t rows = rows_total; rows >= 1 && fit == 0; --rows) {
-    if (shared_bytes(rows) <= kSharedBudget) fit = rows;
-  }
+  const int64_t fit = rows_that_fit(rows_total, shared_bytes);
   if (fit == 0) return std::nullopt;
   ForwardPlan plan;
   plan.rows_per_stage = static_cast<int>(fit);
@@ -521,24 +561,15 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<scalar_t>)
   const int C = pb.C, H = pb.H, W = pb.W, K = pb.K, R = pb.R, S = pb.S, P = pb.P, Q = pb.Q;
   const int Cg = pb.group_in_channels(), Kg = pb.group_out_channels();
   const int sh = pb.stride_h, sw = pb.stride_w;
-  const int64_t N = pb.N, patch = pb.patch_size(), RS = int64_t{R} * S;
+  const int64_t N = pb.N, patch = pb.patch_size(), RS = int64_t{R} * S, KPQ = int64_t{K} * P * Q;
   const int dp = plan.p_delta, dq = plan.q_delta, PS = plan.point_stride;
   const int pixel = (me.warp & 1) * kWarpPoints + me.point, half = me.warp >> 1;
 
   for (int64_t tile = blockIdx.x; tile < plan.tiles; tile += gridDim.x) {
-    int64_t rest = tile;
-    const int nb = static_cast<int>(rest % plan.n_blocks);
-    rest /= plan.n_blocks;
-    const int wt = static_cast<int>(rest % plan.w_tiles);
-    rest /= plan.w_tiles;
-    const int hi = static_cast<int>(rest % plan.h_rows);
-    rest /= plan.h_rows;
-    const int phase_w = static_cast<int>(rest % sw);
-    rest /= sw;
-    const int phase_h = static_cast<int>(rest % sh);
-    rest /= sh;
-    const int cb = static_cast<int>(rest % plan.c_blocks);
-    const int g = static_cast<int>(rest / plan.c_blocks);
+    TileDigits digits{tile};
+    const int nb = digits.next(plan.n_blocks), wt = digits.next(plan.w_tiles);
+    const int hi = digits.next(plan.h_rows), phase_w = digits.next(sw), phase_h = digits.next(sh);
+    const int cb = digits.next(plan.c_blocks), g = digits.last();
     const int h = phase_h + sh * hi, w0 = phase_w + sw * kInputPixels * wt;
     if (h >= H || w0 >= W) continue;  // a phase with fewer pixels than the others
     const int64_t n0 = int64_t{nb} * NB;
@@ -566,25 +597,13 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<scalar_t>)
       const int rows = min(plan.rows_per_stage, rows_total - kr0);
       const int taps = rows * nS;
 
-      // grad_output window: warp w loads rows w, w + 4, ...; instruction =
-      // 4 samples x 8 consecutive columns.
-      for (int i = me.warp; i < rows; i += 4) {
-        const int k = (kr0 + i) / nR, m = kr0 + i - k * nR;
-        const int pp = rr.out_first - m * dp;
-        const int64_t kabs = int64_t{g} * Kg + k;
-        acc* dst = window + i * gw * NBS + me.minor;
-#pragma unroll
-        for (int quad = 0; quad < TN; ++quad) {
-          const int64_t n = n0 + quad * 4 + me.minor;
-          const bool row_ok = n < N;
-          const scalar_t* src = row_ok ? grad_output + ((n * K + kabs) * P + pp) * Q : grad_output;
-          for (int u = me.major; u < gw; u += 8) {
-            const int q = q_min + u;
-            dst[u * NBS + quad * 4] =
-                (row_ok && q >= 0 && q < Q) ? static_cast<acc>(src[q]) : acc(0);
-          }
-        }
-      }
+      // grad_output window: row i is grad_output row (k, p_m) for (k, m) =
+      // row kr0 + i of the flattened axis (p_m is always in range).
+      load_window<TN>(grad_output, KPQ, n0, N, rows, gw, q_min, Q, me, window,
+                      [&](int i) -> int64_t {
+                        const int k = (kr0 + i) / nR, m = kr0 + i - k * nR;
+                        return ((int64_t{g} * Kg + k) * P + rr.out_first - m * dp) * Q;
+                      });
 
       // Weight slabs, gathered per (row i, location column v): lanes = 4
       // channels x the run of up to 8 valid kernel columns of location
@@ -625,10 +644,7 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<scalar_t>)
         int i = t / nS, ms = t - i * nS;
         int x_offset = (i * gw + (nS - 1 - ms) * dq) * NBS;
         for (; t < t_end; ++t) {
-          acc a[TN], b[8];
-          load_shared<TN>(x_pixel + x_offset, a);
-          load_channels(slab, t, me.channel_group, b);
-          outer_product_step(sums, a, b);
+          accumulate_tap(sums, x_pixel + x_offset, slab, t, me.channel_group);
           if (++ms == nS) {
             ms = 0;
             ++i;
@@ -704,10 +720,7 @@ std::optional<InputPlan> input_plan(const Conv2dProblem& pb, int64_t acc_size) {
            window_w * static_cast<int64_t>(sizeof(int));
   };
   const int64_t rows_total = std::max<int64_t>(1, pb.group_out_channels() * ceil_div(pb.R, r_step));
-  int64_t fit = 0;
-  for (int64_t rows = rows_total; rows >= 1 && fit == 0; --rows) {
-    if (shared_bytes(rows) <= kSharedBudget) fit = rows;
-  }
+  const int64_t fit = rows_that_fit(rows_total, shared_bytes);
   if (fit == 0) return std::nullopt;
   InputPlan plan;
   plan.rows_per_stage = static_cast<int>(fit);
@@ -782,15 +795,9 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<scalar_t>)
   const int samples = plan.samples_per_stage;
 
   for (int64_t tile = blockIdx.x; tile < plan.tiles; tile += gridDim.x) {
-    int64_t rest = tile;
-    const int chunk = static_cast<int>(rest % plan.chunks);
-    rest /= plan.chunks;
-    const int qt = static_cast<int>(rest % plan.q_tiles);
-    rest /= plan.q_tiles;
-    const int p = static_cast<int>(rest % P);
-    rest /= P;
-    const int kb = static_cast<int>(rest % plan.k_blocks);
-    const int g = static_cast<int>(rest / plan.k_blocks);
+    TileDigits digits{tile};
+    const int chunk = digits.next(plan.chunks), qt = digits.next(plan.q_tiles);
+    const int p = digits.next(P), kb = digits.next(plan.k_blocks), g = digits.last();
     const int64_t j0 = int64_t{chunk} * kGradTaps;
     const int taps = static_cast<int>(std::min<int64_t>(kGradTaps, patch - j0));
     const int64_t cr0 = j0 / S;
