@@ -37,8 +37,7 @@ struct ConvOps {
     const auto phase_major = weight.permute({4, 5, 0, 1, 2, 3});
     const auto phases =
         phase_major.is_contiguous() ? phase_major : Backend::tiles_outermost(weight);
-    return phases.view(
-        {pb.tile_h * pb.tile_w, pb.groups, pb.group_out_channels(), pb.patch_size()});
+    return phases.view({pb.phase_count(), pb.groups, pb.group_out_channels(), pb.patch_size()});
   }
 
   // ------------------------------------------------------------ conv2d (SPEC 1.1)
@@ -115,9 +114,9 @@ struct ConvOps {
     typename Backend::DeviceScope scope(input);
     at::AutoDispatchBelowADInplaceOrView guard;
     // (K, tH, tW) -> (tH*tW, K)
-    const auto b = bias.has_value() ? bias->permute({1, 2, 0}).contiguous().view(
-                                          {pb.tile_h * pb.tile_w, pb.K})
-                                    : at::Tensor();
+    const auto b = bias.has_value()
+                       ? bias->permute({1, 2, 0}).contiguous().view({pb.phase_count(), pb.K})
+                       : at::Tensor();
     auto out = Backend::conv_forward(pb, input.contiguous(), tiled_phases(pb, weight), b);
     return out.contiguous(conv_output_format(input, weight));
   }

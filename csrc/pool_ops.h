@@ -1,4 +1,4 @@
-// The pooling ops, SPEC 2, written once for every backend.
+// The pooling ops, SPEC 1.5, written once for every backend.
 //
 // An op checks its arguments (problem.cpp), allocates its results in the
 // memory format of the input, returns early when there is nothing to compute,

@@ -26,6 +26,8 @@ struct Conv2dProblem {
   int64_t pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w, groups;
   int64_t tile_h = 1, tile_w = 1;
 
+  // Tile phases (a, b) of a tiled convolution, t = a*tile_w + b; 1 when dense.
+  CNNKIT_HOST_DEVICE int64_t phase_count() const { return tile_h * tile_w; }
   CNNKIT_HOST_DEVICE int64_t group_in_channels() const { return C / groups; }
   CNNKIT_HOST_DEVICE int64_t group_out_channels() const { return K / groups; }
   // Rows of the unfolded input of one group: (c, r, s) with c in the group.
@@ -38,6 +40,18 @@ struct Conv2dProblem {
     return q * stride_w - pad_w + s * dilation_w;
   }
 };
+
+// One tile phase t = a*tile_w + b of a convolution problem: its output rows
+// p = a + i*tile_h for i < P_a, and columns q = b + j*tile_w for j < Q_b.
+struct ConvPhase {
+  int64_t a, b, P_a, Q_b;
+};
+
+CNNKIT_HOST_DEVICE ConvPhase conv_phase(const Conv2dProblem& pb, int64_t t) {
+  const int64_t a = t / pb.tile_w, b = t % pb.tile_w;
+  return {a, b, pb.P > a ? (pb.P - a + pb.tile_h - 1) / pb.tile_h : 0,
+          pb.Q > b ? (pb.Q - b + pb.tile_w - 1) / pb.tile_w : 0};
+}
 
 // 2-D pooling over each (n, c) plane on its own. Window (p, q) covers input rows
 // p*stride_h - pad_h + i*dilation_h for i < kernel_h (likewise for columns).

@@ -45,28 +45,26 @@ bool is_pointwise(const Conv2dProblem& pb) {
          pb.pad_w == 0 && pb.P == pb.H && pb.Q == pb.W;
 }
 
-int64_t phase_count(const Conv2dProblem& pb) { return pb.tile_h * pb.tile_w; }
-
 // The dense convolution computing the output locations of tile phase `phase`
 // = (a, b): rows p = a + i*tH read input rows (a + i*tH)*s - pad + r*d
 // = i*(s*tH) - (pad - a*s) + r*d. The shifted padding may be negative.
 Conv2dProblem phase_problem(const Conv2dProblem& pb, int64_t phase) {
-  const int64_t a = phase / pb.tile_w, b = phase % pb.tile_w;
+  const ConvPhase ph = conv_phase(pb, phase);
   Conv2dProblem sub = pb;
-  sub.P = a < pb.P ? ceil_div(pb.P - a, pb.tile_h) : 0;
-  sub.Q = b < pb.Q ? ceil_div(pb.Q - b, pb.tile_w) : 0;
+  sub.P = ph.P_a;
+  sub.Q = ph.Q_b;
   sub.stride_h = pb.stride_h * pb.tile_h;
   sub.stride_w = pb.stride_w * pb.tile_w;
-  sub.pad_h = pb.pad_h - a * pb.stride_h;
-  sub.pad_w = pb.pad_w - b * pb.stride_w;
+  sub.pad_h = pb.pad_h - ph.a * pb.stride_h;
+  sub.pad_w = pb.pad_w - ph.b * pb.stride_w;
   sub.tile_h = sub.tile_w = 1;
   return sub;
 }
 
 // The locations of `phase` in a tensor (..., P, Q): rows a::tH, columns b::tW.
 at::Tensor phase_locations(const at::Tensor& t, const Conv2dProblem& pb, int64_t phase) {
-  const int64_t a = phase / pb.tile_w, b = phase % pb.tile_w;
-  return t.slice(-2, a, pb.P, pb.tile_h).slice(-1, b, pb.Q, pb.tile_w);
+  const ConvPhase ph = conv_phase(pb, phase);
+  return t.slice(-2, ph.a, pb.P, pb.tile_h).slice(-1, ph.b, pb.Q, pb.tile_w);
 }
 
 // How the batch is cut: blocks of `block` samples whose patch matrices sit side
@@ -190,7 +188,7 @@ at::Tensor patches(const Conv2dProblem& sub, const at::Tensor& input, int64_t n0
 at::Tensor phase_columns(const Conv2dProblem& pb, const at::Tensor& t, int64_t phase, int64_t n0,
                          int64_t count) {
   const int64_t G = pb.groups, Kg = pb.group_out_channels();
-  if (phase_count(pb) == 1 && count == 1) return t.select(0, n0).view({G, Kg, pb.P * pb.Q});
+  if (pb.phase_count() == 1 && count == 1) return t.select(0, n0).view({G, Kg, pb.P * pb.Q});
   const auto block = phase_locations(t.narrow(0, n0, count), pb, phase);  // (count, K, P', Q')
   return block.transpose(0, 1).contiguous().view({G, Kg, -1});
 }
@@ -212,13 +210,13 @@ at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
   const auto plan = plan_batch(pb);
   for_each_block(pb, plan, [&](int64_t, int64_t n0, int64_t n1) {
     auto scratch = patch_scratch(pb, plan, input);
-    for (int64_t ph = 0; ph < phase_count(pb); ++ph) {
+    for (int64_t ph = 0; ph < pb.phase_count(); ++ph) {
       const auto sub = phase_problem(pb, ph);
       if (sub.P == 0 || sub.Q == 0) continue;
       // One sample of a dense convolution writes its product straight into
       // the output; otherwise the product is in patch column order and is
       // spread over the samples and locations afterwards.
-      const bool direct = phase_count(pb) == 1 && n1 - n0 == 1;
+      const bool direct = pb.phase_count() == 1 && n1 - n0 == 1;
       auto out = direct ? output.select(0, n0).view({G, Kg, pb.P * pb.Q})
                         : at::empty({G, Kg, (n1 - n0) * sub.P * sub.Q}, input.options());
       grouped_mm(out, weight_phases.select(0, ph), patches(sub, input, n0, n1 - n0, scratch));
@@ -239,7 +237,7 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
   for_each_block(pb, plan, [&](int64_t, int64_t n0, int64_t n1) {
     auto scratch = patch_scratch(pb, plan, grad_output);
     const int64_t count = n1 - n0;
-    for (int64_t ph = 0; ph < phase_count(pb); ++ph) {
+    for (int64_t ph = 0; ph < pb.phase_count(); ++ph) {
       const auto sub = phase_problem(pb, ph);
       if (sub.P == 0 || sub.Q == 0) continue;
       const auto g = phase_columns(pb, grad_output, ph, n0, count);
@@ -265,7 +263,7 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
 
 at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_output,
                                 const at::Tensor& input) {
-  const int64_t G = pb.groups, Kg = pb.group_out_channels(), T = phase_count(pb);
+  const int64_t G = pb.groups, Kg = pb.group_out_channels(), T = pb.phase_count();
   const auto plan = plan_batch(pb);
   // One partial sum per chunk of blocks, added in chunk order below. A
   // chunk's first block of a phase writes its product (beta = 0) instead of

@@ -12,6 +12,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "cpu/backend.h"
 #include "problem.h"
 
 namespace cnnkit::cpu {
@@ -33,9 +34,7 @@ at::Tensor tiles_outermost(const at::Tensor& weight);
 
 // The CPU backend of the ops in csrc/conv_ops.h.
 struct Backend {
-  struct DeviceScope {
-    explicit DeviceScope(const at::Tensor&) {}
-  };
+  using DeviceScope = cpu::DeviceScope;
   static constexpr auto conv_forward = &cpu::conv_forward;
   static constexpr auto conv_input_backward = &cpu::conv_input_backward;
   static constexpr auto conv_weight_backward = &cpu::conv_weight_backward;

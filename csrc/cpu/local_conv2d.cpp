@@ -26,6 +26,7 @@
 
 #include <vector>
 
+#include "cpu/backend.h"
 #include "cpu/im2col.h"
 #include "cpu/memory.h"
 #include "local_ops.h"
@@ -255,9 +256,7 @@ void input_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* 
 
 // The CPU backend of the ops in csrc/local_ops.h.
 struct LocalBackend {
-  struct DeviceScope {
-    explicit DeviceScope(const at::Tensor&) {}
-  };
+  using DeviceScope = cpu::DeviceScope;
 
   static constexpr auto empty_large = &cpu::empty_large;
 

@@ -16,6 +16,7 @@
 // Backward passes are deterministic: every grad_input element is summed by one
 // thread, in a fixed order.
 #include "problem.h"
+#include "cpu/backend.h"
 #include "cpu/memory.h"
 #include "pool_ops.h"
 
@@ -861,9 +862,7 @@ void channel_max_backward_nhwc(const scalar_t* go, const int64_t* index, scalar_
 // The CPU backend of the ops in csrc/pool_ops.h; results on huge pages where
 // the system allows (cpu/memory.h).
 struct PoolBackend {
-  struct DeviceScope {
-    explicit DeviceScope(const at::Tensor&) {}
-  };
+  using DeviceScope = cpu::DeviceScope;
   static constexpr auto empty_large = &cpu::empty_large;
 
   static void max_pool(const Pool2dProblem& pb, bool adaptive, bool channels_last,

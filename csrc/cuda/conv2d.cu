@@ -126,10 +126,9 @@ Geometry make_geometry(const Conv2dProblem& pb) {
   return g;
 }
 
-int64_t phase_count(const Conv2dProblem& pb) { return pb.tile_h * pb.tile_w; }
 
 bool is_depthwise(const Conv2dProblem& pb) {
-  return pb.groups == pb.C && phase_count(pb) == 1;
+  return pb.groups == pb.C && pb.phase_count() == 1;
 }
 
 bool is_half_precision(const at::Tensor& t) {
@@ -1010,10 +1009,10 @@ void gemm_forward(const Conv2dProblem& pb, const Geometry& geo, const at::Tensor
   args.patch = geo.Cg * geo.R * geo.S;
   args.patch_step = grid_step(kForwardBK, geo.R, geo.S);
   const ConvPhase largest = conv_phase(pb, 0);
-  const int64_t rows = pb.N * largest.P_a * largest.Q_b, gemms = phase_count(pb) * pb.groups;
+  const int64_t rows = pb.N * largest.P_a * largest.Q_b, gemms = pb.phase_count() * pb.groups;
   with_tile_shape<T>(choose_tile(rows, geo.Kg, gemms), [&](auto shape) {
     using Shape = decltype(shape);
-    args.vector_store = phase_count(pb) == 1 && geo.PQ % (Shape::TM / 2) == 0;
+    args.vector_store = pb.phase_count() == 1 && geo.PQ % (Shape::TM / 2) == 0;
     launch_gemm(conv_forward_kernel<T, Shape>, args, ceil_div<int64_t>(rows, Shape::BM),
                 ceil_div<int64_t>(geo.Kg, Shape::BN), gemms);
   });
@@ -1025,7 +1024,7 @@ void gemm_input_backward(const Conv2dProblem& pb, const Geometry& geo,
                          at::Tensor& grad_input) {
   // (T, G, Kg, Cg, R*S) -> (T, G, Kg, R*S, Cg): B rows contiguous over input channels.
   const auto weight_t = weight_phases
-                            .view({phase_count(pb), pb.groups, pb.group_out_channels(),
+                            .view({pb.phase_count(), pb.groups, pb.group_out_channels(),
                                    pb.group_in_channels(), pb.R * pb.S})
                             .transpose(3, 4)
                             .contiguous();
@@ -1070,7 +1069,7 @@ void gemm_weight_backward(const Conv2dProblem& pb, const Geometry& geo,
   args.problem = pb;
   args.geo = geo;
   args.patch = geo.Cg * geo.R * geo.S;
-  const int64_t gemms = phase_count(pb) * pb.groups;
+  const int64_t gemms = pb.phase_count() * pb.groups;
   const TileChoice choice = args.patch <= 64 ? TileChoice::k64x64
                             : geo.Kg <= 64   ? TileChoice::k128x64
                                              : TileChoice::k128x128;
@@ -1332,7 +1331,7 @@ at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
   if (is_depthwise(pb)) {
     depthwise_forward(geo, input, weight, bias, output);
   } else if (is_half_precision(input)) {
-    for (int64_t t = 0; t < phase_count(pb); ++t) {
+    for (int64_t t = 0; t < pb.phase_count(); ++t) {
       const ConvPhase ph = conv_phase(pb, t);
       if (ph.P_a == 0 || ph.Q_b == 0) continue;
       tensor_core::forward_phase(pb, t, input, weight.select(0, t),
@@ -1357,7 +1356,7 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
   } else if (is_half_precision(grad_output)) {
     // The phases add into one float32 accumulator, rounded once at the end.
     auto acc = at::zeros({pb.N, pb.C, pb.H, pb.W}, grad_output.options().dtype(at::kFloat));
-    for (int64_t t = 0; t < phase_count(pb); ++t) {
+    for (int64_t t = 0; t < pb.phase_count(); ++t) {
       const ConvPhase ph = conv_phase(pb, t);
       if (ph.P_a == 0 || ph.Q_b == 0) continue;
       tensor_core::input_backward_phase(pb, t, grad_output, weight.select(0, t), acc);
@@ -1374,14 +1373,14 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
 at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_output,
                                 const at::Tensor& input) {
   auto grad_weight = at::empty(
-      {phase_count(pb), pb.groups, pb.group_out_channels(), pb.patch_size()}, input.options());
+      {pb.phase_count(), pb.groups, pb.group_out_channels(), pb.patch_size()}, input.options());
   if (grad_weight.numel() == 0) return grad_weight;
   if (pb.N == 0) return grad_weight.zero_();
   const Geometry geo = make_geometry(pb);
   if (is_depthwise(pb)) {
     depthwise_weight_backward(geo, grad_output, input, grad_weight);
   } else if (is_half_precision(input)) {
-    for (int64_t t = 0; t < phase_count(pb); ++t) {
+    for (int64_t t = 0; t < pb.phase_count(); ++t) {
       auto phase_gradient = grad_weight.select(0, t);
       const ConvPhase ph = conv_phase(pb, t);
       if (ph.P_a == 0 || ph.Q_b == 0) {

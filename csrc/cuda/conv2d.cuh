@@ -22,23 +22,11 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAGuard.h>
 
+#include "cuda/helpers.cuh"
 #include "problem.h"
 
 namespace cnnkit::cuda {
-
-// One tile phase of a convolution problem: its output rows p = a + i*tile_h
-// for i < P_a, and columns q = b + j*tile_w for j < Q_b.
-struct ConvPhase {
-  int64_t a, b, P_a, Q_b;
-};
-
-CNNKIT_HOST_DEVICE ConvPhase conv_phase(const Conv2dProblem& pb, int64_t t) {
-  const int64_t a = t / pb.tile_w, b = t % pb.tile_w;
-  return {a, b, pb.P > a ? (pb.P - a + pb.tile_h - 1) / pb.tile_h : 0,
-          pb.Q > b ? (pb.Q - b + pb.tile_w - 1) / pb.tile_w : 0};
-}
 
 // Z (N, K, P, Q), contiguous, dtype of input.
 at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
@@ -60,10 +48,7 @@ inline at::Tensor tiles_outermost(const at::Tensor& weight) {
 // The CUDA backend of the ops in csrc/conv_ops.h: kernels run on the device
 // of the op's first tensor.
 struct Backend {
-  struct DeviceScope {
-    c10::cuda::CUDAGuard guard;
-    explicit DeviceScope(const at::Tensor& t) : guard(t.device()) {}
-  };
+  using DeviceScope = cuda::DeviceScope;
   static constexpr auto conv_forward = &cuda::conv_forward;
   static constexpr auto conv_input_backward = &cuda::conv_input_backward;
   static constexpr auto conv_weight_backward = &cuda::conv_weight_backward;

@@ -9,6 +9,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -51,6 +52,19 @@ CNNKIT_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
 
 // ATen's CUDA context header is avoided on purpose: it pulls in the cuBLAS and
 // cuSPARSE headers, which a minimal toolkit lacks and no cnnkit kernel uses.
+// What the op layers (csrc/conv_ops.h, local_ops.h, pool_ops.h) hold while a
+// CUDA backend's kernels run: the device guard of the op's tensor.
+struct DeviceScope {
+  c10::cuda::CUDAGuard guard;
+  explicit DeviceScope(const at::Tensor& t) : guard(t.device()) {}
+};
+
+// Allocation of large results (the CPU backends ask for huge pages; the CUDA
+// caching allocator needs nothing more).
+inline at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::empty(sizes, options);
+}
+
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 // Streaming multiprocessors of the current device.

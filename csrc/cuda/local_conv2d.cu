@@ -976,14 +976,8 @@ void dispatch_samples_per_thread(int tn, Body&& body) {
 // The CUDA backend of the ops in csrc/local_ops.h: kernels run on the device
 // of the op's first tensor.
 struct LocalBackend {
-  struct DeviceScope {
-    c10::cuda::CUDAGuard guard;
-    explicit DeviceScope(const at::Tensor& t) : guard(t.device()) {}
-  };
-
-  static at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
-    return at::empty(sizes, options);
-  }
+  using DeviceScope = cuda::DeviceScope;
+  static constexpr auto empty_large = &cuda::empty_large;
 
   static void local_forward(const Conv2dProblem& pb, const at::Tensor& x, const at::Tensor& w,
                             const at::Tensor& b, at::Tensor& out) {

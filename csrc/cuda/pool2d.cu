@@ -932,14 +932,8 @@ void launch_avg_pool_backward(const Pool2dProblem& pb, bool nhwc, const at::Tens
 // The CUDA backend of the ops in csrc/pool_ops.h: kernels run on the device
 // of the input.
 struct PoolBackend {
-  struct DeviceScope {
-    c10::cuda::CUDAGuard guard;
-    explicit DeviceScope(const at::Tensor& t) : guard(t.device()) {}
-  };
-
-  static at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
-    return at::empty(sizes, options);
-  }
+  using DeviceScope = cuda::DeviceScope;
+  static constexpr auto empty_large = &cuda::empty_large;
 
   // Max and adaptive max pooling, forward.
   static void max_pool(const Pool2dProblem& pb, bool adaptive, bool nhwc, const at::Tensor& x,
