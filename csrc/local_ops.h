@@ -12,7 +12,8 @@
 //       the kernels over contiguous NCHW tensors, writing every element of
 //       their (non-empty) result;
 //   empty_large(sizes, options)
-//       allocation for the weight gradient, the largest tensor of a layer;
+//       allocation for the results (the weight gradient is the largest
+//       tensor of a layer);
 //   DeviceScope(tensor)
 //       what must hold while kernels run (the CUDA device guard; nothing on the CPU).
 #pragma once
@@ -39,7 +40,7 @@ struct LocalOps {
     typename Backend::DeviceScope scope(input);
     const auto x = input.contiguous(), w = weight.contiguous();
     const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
-    auto out = at::empty({pb.N, pb.K, pb.P, pb.Q}, x.options());
+    auto out = Backend::empty_large({pb.N, pb.K, pb.P, pb.Q}, x.options());
     if (out.numel() > 0) Backend::local_forward(pb, x, w, b, out);
     return out.contiguous(conv_output_format(input, weight));
   }
@@ -54,7 +55,7 @@ struct LocalOps {
                                                         padding, dilation, groups);
     typename Backend::DeviceScope scope(grad_output);
     const auto g = grad_output.contiguous(), w = weight.contiguous();
-    auto grad_input = at::empty({pb.N, pb.C, pb.H, pb.W}, g.options());
+    auto grad_input = Backend::empty_large({pb.N, pb.C, pb.H, pb.W}, g.options());
     if (grad_input.numel() > 0) Backend::local_input_backward(pb, g, w, grad_input);
     return grad_input.contiguous(conv_output_format(grad_output, weight));
   }

@@ -155,7 +155,7 @@ bool patches_are_input(const Conv2dProblem& sub, int64_t count) {
 // Scratch for the patch matrices of one block in the largest phase (phase 0).
 at::Tensor patch_scratch(const Conv2dProblem& pb, const BatchPlan& plan, const at::Tensor& like) {
   const auto sub = phase_problem(pb, 0);
-  return at::empty({pb.groups * pb.patch_size() * plan.block * sub.P * sub.Q}, like.options());
+  return empty_large({pb.groups * pb.patch_size() * plan.block * sub.P * sub.Q}, like.options());
 }
 
 // A (G, C/G*R*S, columns) matrix at the start of the scratch.
@@ -204,7 +204,7 @@ void store_phase_columns(const Conv2dProblem& pb, at::Tensor& t, int64_t phase, 
 
 at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
                         const at::Tensor& weight_phases, const at::Tensor& bias_phases) {
-  auto output = at::empty({pb.N, pb.K, pb.P, pb.Q}, input.options());
+  auto output = empty_large({pb.N, pb.K, pb.P, pb.Q}, input.options());
   if (output.numel() == 0) return output;
   const int64_t G = pb.groups, Kg = pb.group_out_channels();
   const auto plan = plan_batch(pb);
@@ -218,7 +218,7 @@ at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
       // spread over the samples and locations afterwards.
       const bool direct = pb.phase_count() == 1 && n1 - n0 == 1;
       auto out = direct ? output.select(0, n0).view({G, Kg, pb.P * pb.Q})
-                        : at::empty({G, Kg, (n1 - n0) * sub.P * sub.Q}, input.options());
+                        : empty_large({G, Kg, (n1 - n0) * sub.P * sub.Q}, input.options());
       grouped_mm(out, weight_phases.select(0, ph), patches(sub, input, n0, n1 - n0, scratch));
       if (bias_phases.defined()) out.add_(bias_phases.select(0, ph).view({G, Kg, 1}));
       if (!direct) store_phase_columns(pb, output, ph, n0, n1 - n0, out);
@@ -229,7 +229,7 @@ at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
 
 at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_output,
                                const at::Tensor& weight_phases) {
-  auto grad_input = at::empty({pb.N, pb.C, pb.H, pb.W}, grad_output.options());
+  auto grad_input = empty_large({pb.N, pb.C, pb.H, pb.W}, grad_output.options());
   if (grad_input.numel() == 0) return grad_input;
   const int64_t G = pb.groups;
   const auto w_t = weight_phases.transpose(2, 3);  // (T, G, C/G*R*S, K/G)
@@ -302,6 +302,10 @@ at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_
   return plan.chunks == 1 ? grad_weight : grad_weight.clone();
 }
 
+// Per channel k: row sums first, sums[a][q] += G[n, k, p, q] over n and the
+// rows p = a (mod tH), a contiguous (vectorised) add of each row into an
+// accumulator row kept in L1; then each accumulator row is folded by q mod tW.
+// (An element-by-element loop indexing its sum by q mod tW ran at 1 GB/s.)
 at::Tensor conv_bias_backward(const at::Tensor& grad_output, int64_t tile_h, int64_t tile_w) {
   const auto g = grad_output.contiguous();
   const int64_t N = g.size(0), K = g.size(1), P = g.size(2), Q = g.size(3);
@@ -312,18 +316,23 @@ at::Tensor conv_bias_backward(const at::Tensor& grad_output, int64_t tile_h, int
     scalar_t* dst = grad_bias.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, N * P * Q));
     at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
-      std::vector<acc_t> sums(tile_h * tile_w);
+      std::vector<acc_t> row_sums(tile_h * Q);
       for (int64_t k = k0; k < k1; ++k) {
-        std::fill(sums.begin(), sums.end(), acc_t(0));
+        std::fill(row_sums.begin(), row_sums.end(), acc_t(0));
         for (int64_t n = 0; n < N; ++n) {
           const scalar_t* plane = src + (n * K + k) * P * Q;
           for (int64_t p = 0; p < P; ++p) {
-            acc_t* row_sums = sums.data() + (p % tile_h) * tile_w;
-            for (int64_t q = 0; q < Q; ++q) row_sums[q % tile_w] += plane[p * Q + q];
+            acc_t* __restrict sums = row_sums.data() + (p % tile_h) * Q;
+            const scalar_t* __restrict row = plane + p * Q;
+            for (int64_t q = 0; q < Q; ++q) sums[q] += static_cast<acc_t>(row[q]);
           }
         }
-        for (int64_t t = 0; t < tile_h * tile_w; ++t) {
-          dst[k * tile_h * tile_w + t] = static_cast<scalar_t>(sums[t]);
+        for (int64_t a = 0; a < tile_h; ++a) {
+          for (int64_t b = 0; b < tile_w; ++b) {
+            acc_t sum = 0;
+            for (int64_t q = b; q < Q; q += tile_w) sum += row_sums[a * Q + q];
+            dst[(k * tile_h + a) * tile_w + b] = static_cast<scalar_t>(sum);
+          }
         }
       }
     });
