@@ -29,6 +29,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/conv2d.h"
@@ -59,12 +60,6 @@ Conv2dProblem phase_problem(const Conv2dProblem& pb, int64_t phase) {
   sub.pad_w = pb.pad_w - ph.b * pb.stride_w;
   sub.tile_h = sub.tile_w = 1;
   return sub;
-}
-
-// The locations of `phase` in a tensor (..., P, Q): rows a::tH, columns b::tW.
-at::Tensor phase_locations(const at::Tensor& t, const Conv2dProblem& pb, int64_t phase) {
-  const ConvPhase ph = conv_phase(pb, phase);
-  return t.slice(-2, ph.a, pb.P, pb.tile_h).slice(-1, ph.b, pb.Q, pb.tile_w);
 }
 
 // How the batch is cut: blocks of `block` samples whose patch matrices sit side
@@ -182,6 +177,35 @@ at::Tensor patches(const Conv2dProblem& sub, const at::Tensor& input, int64_t n0
   return col;
 }
 
+// Copies between the locations of `phase` in samples [n0, n0 + count) of an
+// (N, K, P, Q) tensor and a (K, count*P'*Q') matrix in patch column order
+// (row k holds sample i's locations in columns [i*P'*Q', (i+1)*P'*Q')): a
+// gather into the matrix, or a scatter from it. Each row of locations is a
+// run with the tile's column stride, which strided_copy handles with
+// vectorised loops (ATen's generic copy of the same strided view is scalar).
+template <bool kToMatrix, typename T>
+void copy_phase_locations(const Conv2dProblem& pb, int64_t phase, int64_t n0, int64_t count,
+                          std::conditional_t<kToMatrix, const T*, T*> tensor,
+                          std::conditional_t<kToMatrix, T*, const T*> matrix) {
+  const ConvPhase ph = conv_phase(pb, phase);
+  const int64_t PQ = pb.P * pb.Q, phase_PQ = ph.P_a * ph.Q_b;
+  at::parallel_for(0, pb.K * count, rows_grain(phase_PQ), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {  // row = k*count + i
+      const int64_t k = row / count, i = row % count;
+      const auto plane = tensor + ((n0 + i) * pb.K + k) * PQ + ph.a * pb.Q + ph.b;
+      const auto columns = matrix + row * phase_PQ;
+      for (int64_t y = 0; y < ph.P_a; ++y) {
+        const auto locations = plane + y * pb.tile_h * pb.Q;
+        if constexpr (kToMatrix) {
+          gather_strided(columns + y * ph.Q_b, locations, ph.Q_b, pb.tile_w);
+        } else {
+          scatter_strided(locations, columns + y * ph.Q_b, ph.Q_b, pb.tile_w);
+        }
+      }
+    }
+  });
+}
+
 // Output-shaped values (N, K, P, Q) of samples [n0, n0 + count) at the
 // locations of `phase`, as a (G, K/G, count*P'*Q') matrix in patch column
 // order: a view when that is the memory layout already, else a copy.
@@ -189,15 +213,24 @@ at::Tensor phase_columns(const Conv2dProblem& pb, const at::Tensor& t, int64_t p
                          int64_t count) {
   const int64_t G = pb.groups, Kg = pb.group_out_channels();
   if (pb.phase_count() == 1 && count == 1) return t.select(0, n0).view({G, Kg, pb.P * pb.Q});
-  const auto block = phase_locations(t.narrow(0, n0, count), pb, phase);  // (count, K, P', Q')
-  return block.transpose(0, 1).contiguous().view({G, Kg, -1});
+  const ConvPhase ph = conv_phase(pb, phase);
+  auto columns = empty_large({G, Kg, count * ph.P_a * ph.Q_b}, t.options());
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "cnnkit_phase_columns", [&] {
+    copy_phase_locations</*kToMatrix=*/true, scalar_t>(pb, phase, n0, count,
+                                                      t.const_data_ptr<scalar_t>(),
+                                                      columns.mutable_data_ptr<scalar_t>());
+  });
+  return columns;
 }
 
 // The inverse of phase_columns: writes a (G, K/G, count*P'*Q') matrix back.
 void store_phase_columns(const Conv2dProblem& pb, at::Tensor& t, int64_t phase, int64_t n0,
                          int64_t count, const at::Tensor& columns) {
-  auto block = phase_locations(t.narrow(0, n0, count), pb, phase);  // (count, K, P', Q')
-  block.copy_(columns.view({pb.K, count, block.size(2), block.size(3)}).transpose(0, 1));
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "cnnkit_store_phase_columns", [&] {
+    copy_phase_locations</*kToMatrix=*/false, scalar_t>(pb, phase, n0, count,
+                                                       t.mutable_data_ptr<scalar_t>(),
+                                                       columns.const_data_ptr<scalar_t>());
+  });
 }
 
 }  // namespace

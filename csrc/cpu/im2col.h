@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "problem.h"
 
@@ -69,6 +70,68 @@ void gather_strided(T* d, const T* x, int64_t n, int64_t stride) {
   }
 }
 
+// The inverse: d[i * stride] = x[i] (2x faster per element with the stride
+// known at compile time).
+template <int kStride, typename T>
+void scatter_strided(T* __restrict d, const T* __restrict x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) d[i * kStride] = x[i];
+}
+
+template <typename T>
+void scatter_strided(T* d, const T* x, int64_t n, int64_t stride) {
+  switch (stride) {
+    case 1: std::memcpy(d, x, sizeof(T) * n); return;
+    case 2: scatter_strided<2>(d, x, n); return;
+    case 3: scatter_strided<3>(d, x, n); return;
+    case 4: scatter_strided<4>(d, x, n); return;
+    default:
+      for (int64_t i = 0; i < n; ++i) d[i * stride] = x[i];
+  }
+}
+
+// d[i] += x[i] for i in [0, n) (restrict: vectorised).
+template <typename T>
+void add_row(T* __restrict d, const T* __restrict x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) d[i] += x[i];
+}
+
+// Column phases of a row: element w = i*stride + j of a row is entry i of
+// phase j. interleave_row writes (or adds) the phases phase[j][i], rows
+// `phase_ld` apart, into a row of `width` elements.
+template <int kStride, typename T>
+void interleave_row(T* __restrict row, const T* __restrict phases, int64_t phase_ld, int64_t width,
+                    bool accumulate) {
+  const int64_t whole = width / kStride;
+  if (accumulate) {
+    for (int64_t i = 0; i < whole; ++i) {
+      for (int j = 0; j < kStride; ++j) row[i * kStride + j] += phases[j * phase_ld + i];
+    }
+  } else {
+    for (int64_t i = 0; i < whole; ++i) {
+      for (int j = 0; j < kStride; ++j) row[i * kStride + j] = phases[j * phase_ld + i];
+    }
+  }
+  for (int64_t w = whole * kStride; w < width; ++w) {
+    const T v = phases[(w - whole * kStride) * phase_ld + whole];
+    row[w] = accumulate ? row[w] + v : v;
+  }
+}
+
+template <typename T>
+void interleave_row(T* row, const T* phases, int64_t phase_ld, int64_t width, int64_t stride,
+                    bool accumulate) {
+  switch (stride) {
+    case 2: interleave_row<2>(row, phases, phase_ld, width, accumulate); return;
+    case 3: interleave_row<3>(row, phases, phase_ld, width, accumulate); return;
+    case 4: interleave_row<4>(row, phases, phase_ld, width, accumulate); return;
+    default:
+      for (int64_t w = 0; w < width; ++w) {
+        const T v = phases[(w % stride) * phase_ld + w / stride];
+        row[w] = accumulate ? row[w] + v : v;
+      }
+  }
+}
+
 template <typename T>
 void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
@@ -99,29 +162,48 @@ void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld) {
 // the adjoint of im2col; added to dx when `accumulate`, else dx is overwritten.
 // One channel per task, so no two tasks write the same element and the
 // summation order is fixed.
+//
+// At column stride s > 1 the entries of one patch row land s apart in dx,
+// which the compiler cannot vectorise. They are summed instead into the
+// column phases of the channel (input column w = i*s + j is entry i of phase
+// j, see interleave_row), where one patch row's entries are consecutive, and
+// the phases are interleaved into dx at the end.
 template <typename T>
 void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accumulate) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
+  const int64_t stride = pb.stride_w, phase_width = ceil_div(pb.W, stride);
   at::parallel_for(0, pb.C, rows_grain(RS * PQ), [&](int64_t begin, int64_t end) {
+    std::vector<T> phases(stride > 1 ? stride * pb.H * phase_width : 0);
     for (int64_t c = begin; c < end; ++c) {
       T* xc = dx + c * HW;
-      if (!accumulate) std::fill(xc, xc + HW, T(0));
+      // Row ih of column phase j starts at sums + (j*H + ih)*row_length.
+      T* sums = stride > 1 ? phases.data() : xc;
+      const int64_t row_length = stride > 1 ? phase_width : pb.W;
+      if (stride > 1) {
+        std::fill(phases.begin(), phases.end(), T(0));
+      } else if (!accumulate) {
+        std::fill(xc, xc + HW, T(0));
+      }
       for (int64_t r = 0; r < pb.R; ++r) {
         for (int64_t s = 0; s < pb.S; ++s) {
           const T* src = col + ((c * pb.R + r) * pb.S + s) * ld;
           const int64_t col_offset = s * pb.dilation_w;
           const ValidRange qs = valid_outputs(pb.W, pb.Q, pb.stride_w, pb.pad_w, col_offset);
+          // Input column of output q: q*stride + offset = (q + shift)*stride + phase.
+          const int64_t offset = col_offset - pb.pad_w;
+          const int64_t shift = -ceil_div(-offset, stride), phase = offset - shift * stride;
           for (int64_t p = 0; p < pb.P; ++p) {
             const int64_t ih = pb.input_row(p, r);
             if (ih < 0 || ih >= pb.H) continue;
-            T* xr = xc + ih * pb.W + (qs.lo * pb.stride_w - pb.pad_w + col_offset);
-            const T* sr = src + p * pb.Q;
-            if (pb.stride_w == 1) {
-              for (int64_t q = qs.lo; q < qs.hi; ++q) xr[q - qs.lo] += sr[q];
-            } else {
-              for (int64_t q = qs.lo; q < qs.hi; ++q) xr[(q - qs.lo) * pb.stride_w] += sr[q];
-            }
+            add_row(sums + (phase * pb.H + ih) * row_length + shift + qs.lo,
+                    src + p * pb.Q + qs.lo, qs.hi - qs.lo);
           }
+        }
+      }
+      if (stride > 1) {
+        for (int64_t ih = 0; ih < pb.H; ++ih) {
+          interleave_row(xc + ih * pb.W, sums + ih * row_length, pb.H * row_length, pb.W, stride,
+                         accumulate);
         }
       }
     }
