@@ -89,10 +89,14 @@ void scatter_strided(T* d, const T* x, int64_t n, int64_t stride) {
   }
 }
 
-// d[i] += x[i] for i in [0, n) (restrict: vectorised).
+// d[i] += x[i * x_stride] for i in [0, n) (restrict: vectorised at stride 1).
 template <typename T>
-void add_row(T* __restrict d, const T* __restrict x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) d[i] += x[i];
+void add_row(T* __restrict d, const T* __restrict x, int64_t n, int64_t x_stride) {
+  if (x_stride == 1) {
+    for (int64_t i = 0; i < n; ++i) d[i] += x[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) d[i] += x[i * x_stride];
+  }
 }
 
 // Column phases of a row: element w = i*stride + j of a row is entry i of
@@ -168,8 +172,12 @@ void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld) {
 // column phases of the channel (input column w = i*s + j is entry i of phase
 // j, see interleave_row), where one patch row's entries are consecutive, and
 // the phases are interleaved into dx at the end.
+//
+// The patch matrix is read with rows `ld` apart and columns `column_stride`
+// apart: 1 for the layout im2col writes, the row count for its transpose.
 template <typename T>
-void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accumulate) {
+void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accumulate,
+            int64_t column_stride = 1) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
   const int64_t stride = pb.stride_w, phase_width = ceil_div(pb.W, stride);
   at::parallel_for(0, pb.C, rows_grain(RS * PQ), [&](int64_t begin, int64_t end) {
@@ -196,7 +204,7 @@ void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accum
             const int64_t ih = pb.input_row(p, r);
             if (ih < 0 || ih >= pb.H) continue;
             add_row(sums + (phase * pb.H + ih) * row_length + shift + qs.lo,
-                    src + p * pb.Q + qs.lo, qs.hi - qs.lo);
+                    src + (p * pb.Q + qs.lo) * column_stride, qs.hi - qs.lo, column_stride);
           }
         }
       }
