@@ -148,6 +148,10 @@ void grouped_mm(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b) {
   }
 }
 
+// Input-gradient patch matrices with at most this many columns are computed
+// transposed (conv_input_backward).
+constexpr int64_t kTransposedGradientColumns = 256;
+
 // Whether samples [n0, n0 + count) of phase `sub` can use the input itself as
 // their patch matrix: one sample of a pointwise convolution.
 bool patches_are_input(const Conv2dProblem& sub, int64_t count) {
@@ -289,9 +293,10 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
       const int64_t PQ = sub.P * sub.Q, columns = count * PQ;
       // A narrow patch matrix (a tile phase of a small image) is computed
       // transposed, col^T = G^T @ K: the weight is then read row by row as
-      // stored, where K^T @ G made BLAS copy it transposed first (16 phases
-      // of 512x4608 against 12 columns: 43 -> 26 ms on one thread).
-      const bool transposed = G == 1 && columns <= kNarrowColumns;
+      // stored, where K^T @ G made BLAS copy it transposed first (measured,
+      // 16 phases of a 512x4608 weight on 4x512x7x7, 12 columns: 47 -> 32 ms;
+      // 4x128x28x28 t4, 196 columns: 27 -> 18 ms).
+      const bool transposed = G == 1 && columns <= kTransposedGradientColumns;
       auto col = transposed ? scratch_matrix(sub, columns, scratch).view({1, columns, -1})
                             : scratch_matrix(sub, columns, scratch);
       if (transposed) {
