@@ -159,11 +159,13 @@ def conv_work(layer, operands, output, mode):
     return Work(2 * output.numel() * layer.patch_size() * PASSES[mode], "flop")
 
 
-def local_conv2d_work(layer, operands, output, mode):
+def many_weights_conv_work(layer, operands, output, mode):
     """conv_work, and the minimal traffic: every tensor read or written once per
     pass that needs it. Forward: read input V, weight W and bias b, write output
     Z. Backward: read grad_output (Z-sized), V (for dW) and W (for dV), write dV,
-    dW and db. W and dW dominate: one weight per output location."""
+    dW and db. For local convolution (one weight per output location) and tiled
+    convolution with many tiles on a small image, W and dW dominate: the
+    layer's speed is bounded by memory bandwidth, not arithmetic."""
     item = operands[0].element_size()
     operand_bytes = sum(tensor.numel() for tensor in operands) * item
     input_and_weight_bytes = (operands[0].numel() + operands[1].numel()) * item
@@ -263,9 +265,9 @@ OPS = {
     "adaptive_max_pool2d": _pool_bench(adaptive_pool2d_call, stores_indices=True),
     "adaptive_avg_pool2d": _pool_bench(adaptive_pool2d_call, stores_indices=False),
     "local_conv2d": OpBench("unfold+einsum", conv_operands, partial(conv_call, CF.local_conv2d),
-                            local_conv2d_unfold_einsum, local_conv2d_work, measure_memory=True),
+                            local_conv2d_unfold_einsum, many_weights_conv_work, measure_memory=True),
     "tiled_conv2d": OpBench("conv per phase", tiled_operands, partial(conv_call, CF.tiled_conv2d),
-                            tiled_conv2d_per_phase, conv_work, measure_memory=True,
+                            tiled_conv2d_per_phase, many_weights_conv_work, measure_memory=True,
                             reference=Reference("conv2d", first_tile_operands,
                                                 partial(conv_call, CF.conv2d))),
 }
