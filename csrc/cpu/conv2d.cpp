@@ -192,8 +192,9 @@ at::Tensor patches(const Conv2dProblem& sub, const at::Tensor& input, int64_t n0
 // (N, K, P, Q) tensor and a (K, count*P'*Q') matrix in patch column order
 // (row k holds sample i's locations in columns [i*P'*Q', (i+1)*P'*Q')): a
 // gather into the matrix, or a scatter from it. Each row of locations is a
-// run with the tile's column stride, which strided_copy handles with
-// vectorised loops (ATen's generic copy of the same strided view is scalar).
+// run with the tile's column stride, which gather_strided and scatter_strided
+// (im2col.h) copy with vectorised loops (ATen's generic copy of the same
+// strided view is scalar).
 template <bool kToMatrix, typename T>
 void copy_phase_locations(const Conv2dProblem& pb, int64_t phase, int64_t n0, int64_t count,
                           std::conditional_t<kToMatrix, const T*, T*> tensor,

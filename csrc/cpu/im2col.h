@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "problem.h"
@@ -48,75 +49,82 @@ inline int64_t rows_grain(int64_t row_length) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_length));
 }
 
-// d[i] = x[i * stride] for i in [0, n). A stride known at compile time lets
-// the compiler vectorise the gather with permutes (measured 5x faster per
-// element than the same loop with a runtime stride, for stride 2 and 4 on
-// 28-element rows); strides 2 to 4 are the ones strided and tiled
-// convolutions give (a tile phase's stride is stride * tile).
-template <int kStride, typename T>
-void gather_strided(T* __restrict d, const T* __restrict x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) d[i] = x[i * kStride];
+// Strided loops over rows. A stride known at compile time lets the compiler
+// vectorise them with permutes (measured per element, 28-element rows: a
+// gather 5x and a scatter 2x faster than the same loop with a runtime
+// stride). Strides 2 to 4 are the ones strided and tiled convolutions give
+// (a tile phase's stride is stride * tile), so those get their own
+// instances: with_static_stride calls fn with std::integral_constant<int64_t,
+// stride> for them and with the plain stride otherwise. The loops below take
+// the stride as `Stride`, either kind.
+template <typename F>
+void with_static_stride(int64_t stride, const F& fn) {
+  switch (stride) {
+    case 2: fn(std::integral_constant<int64_t, 2>{}); return;
+    case 3: fn(std::integral_constant<int64_t, 3>{}); return;
+    case 4: fn(std::integral_constant<int64_t, 4>{}); return;
+    default: fn(stride);
+  }
+}
+
+// d[i] = x[i * stride] for i in [0, n).
+template <typename T, typename Stride>
+void gather_run(T* __restrict d, const T* __restrict x, int64_t n, Stride stride) {
+  for (int64_t i = 0; i < n; ++i) d[i] = x[i * stride];
 }
 
 template <typename T>
 void gather_strided(T* d, const T* x, int64_t n, int64_t stride) {
-  switch (stride) {
-    case 1: std::memcpy(d, x, sizeof(T) * n); return;
-    case 2: gather_strided<2>(d, x, n); return;
-    case 3: gather_strided<3>(d, x, n); return;
-    case 4: gather_strided<4>(d, x, n); return;
-    default:
-      for (int64_t i = 0; i < n; ++i) d[i] = x[i * stride];
+  if (stride == 1) {
+    std::memcpy(d, x, sizeof(T) * n);
+  } else {
+    with_static_stride(stride, [&](auto s) { gather_run(d, x, n, s); });
   }
 }
 
-// The inverse: d[i * stride] = x[i] (2x faster per element with the stride
-// known at compile time).
-template <int kStride, typename T>
-void scatter_strided(T* __restrict d, const T* __restrict x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) d[i * kStride] = x[i];
+// The inverse: d[i * stride] = x[i] for i in [0, n).
+template <typename T, typename Stride>
+void scatter_run(T* __restrict d, const T* __restrict x, int64_t n, Stride stride) {
+  for (int64_t i = 0; i < n; ++i) d[i * stride] = x[i];
 }
 
 template <typename T>
 void scatter_strided(T* d, const T* x, int64_t n, int64_t stride) {
-  switch (stride) {
-    case 1: std::memcpy(d, x, sizeof(T) * n); return;
-    case 2: scatter_strided<2>(d, x, n); return;
-    case 3: scatter_strided<3>(d, x, n); return;
-    case 4: scatter_strided<4>(d, x, n); return;
-    default:
-      for (int64_t i = 0; i < n; ++i) d[i * stride] = x[i];
+  if (stride == 1) {
+    std::memcpy(d, x, sizeof(T) * n);
+  } else {
+    with_static_stride(stride, [&](auto s) { scatter_run(d, x, n, s); });
   }
 }
 
-// d[i] += x[i * x_stride] for i in [0, n) (restrict: vectorised at stride 1).
+// d[i * d_step] += x[i * x_step] for i in [0, n) (vectorised when both steps are 1).
 template <typename T>
-void add_row(T* __restrict d, const T* __restrict x, int64_t n, int64_t x_stride) {
-  if (x_stride == 1) {
+void add_run(T* __restrict d, int64_t d_step, const T* __restrict x, int64_t x_step, int64_t n) {
+  if (d_step == 1 && x_step == 1) {
     for (int64_t i = 0; i < n; ++i) d[i] += x[i];
   } else {
-    for (int64_t i = 0; i < n; ++i) d[i] += x[i * x_stride];
+    for (int64_t i = 0; i < n; ++i) d[i * d_step] += x[i * x_step];
   }
 }
 
 // Column phases of a row: element w = i*stride + j of a row is entry i of
 // phase j. interleave_row writes (or adds) the phases phase[j][i], rows
 // `phase_ld` apart, into a row of `width` elements.
-template <int kStride, typename T>
-void interleave_row(T* __restrict row, const T* __restrict phases, int64_t phase_ld, int64_t width,
-                    bool accumulate) {
-  const int64_t whole = width / kStride;
+template <typename T, typename Stride>
+void interleave_run(T* __restrict row, const T* __restrict phases, int64_t phase_ld,
+                    int64_t width, Stride stride, bool accumulate) {
+  const int64_t whole = width / stride;
   if (accumulate) {
     for (int64_t i = 0; i < whole; ++i) {
-      for (int j = 0; j < kStride; ++j) row[i * kStride + j] += phases[j * phase_ld + i];
+      for (int64_t j = 0; j < stride; ++j) row[i * stride + j] += phases[j * phase_ld + i];
     }
   } else {
     for (int64_t i = 0; i < whole; ++i) {
-      for (int j = 0; j < kStride; ++j) row[i * kStride + j] = phases[j * phase_ld + i];
+      for (int64_t j = 0; j < stride; ++j) row[i * stride + j] = phases[j * phase_ld + i];
     }
   }
-  for (int64_t w = whole * kStride; w < width; ++w) {
-    const T v = phases[(w - whole * kStride) * phase_ld + whole];
+  for (int64_t w = whole * stride; w < width; ++w) {
+    const T v = phases[(w - whole * stride) * phase_ld + whole];
     row[w] = accumulate ? row[w] + v : v;
   }
 }
@@ -124,16 +132,9 @@ void interleave_row(T* __restrict row, const T* __restrict phases, int64_t phase
 template <typename T>
 void interleave_row(T* row, const T* phases, int64_t phase_ld, int64_t width, int64_t stride,
                     bool accumulate) {
-  switch (stride) {
-    case 2: interleave_row<2>(row, phases, phase_ld, width, accumulate); return;
-    case 3: interleave_row<3>(row, phases, phase_ld, width, accumulate); return;
-    case 4: interleave_row<4>(row, phases, phase_ld, width, accumulate); return;
-    default:
-      for (int64_t w = 0; w < width; ++w) {
-        const T v = phases[(w % stride) * phase_ld + w / stride];
-        row[w] = accumulate ? row[w] + v : v;
-      }
-  }
+  with_static_stride(stride, [&](auto s) {
+    interleave_run(row, phases, phase_ld, width, s, accumulate);
+  });
 }
 
 template <typename T>
@@ -168,10 +169,13 @@ void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld) {
 // summation order is fixed.
 //
 // At column stride s > 1 the entries of one patch row land s apart in dx,
-// which the compiler cannot vectorise. They are summed instead into the
+// which the compiler cannot vectorise. Where the patches cover the plane
+// about twice or more (R*S*P*Q >= 2*H*W: a 3x3 kernel at stride 2, or a tile
+// phase of 2x2 tiles) and s is 2 to 4, they are summed instead into the
 // column phases of the channel (input column w = i*s + j is entry i of phase
 // j, see interleave_row), where one patch row's entries are consecutive, and
-// the phases are interleaved into dx at the end.
+// the phases are interleaved into dx at the end. Sparser patches (4x4 tiles'
+// phases) would pay more for that pass over the plane than they save.
 //
 // The patch matrix is read with rows `ld` apart and columns `column_stride`
 // apart: 1 for the layout im2col writes, the row count for its transpose.
@@ -180,14 +184,16 @@ void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accum
             int64_t column_stride = 1) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
   const int64_t stride = pb.stride_w, phase_width = ceil_div(pb.W, stride);
+  const bool by_phases = stride >= 2 && stride <= 4 && RS * PQ >= 2 * HW;
   at::parallel_for(0, pb.C, rows_grain(RS * PQ), [&](int64_t begin, int64_t end) {
-    std::vector<T> phases(stride > 1 ? stride * pb.H * phase_width : 0);
+    std::vector<T> phases(by_phases ? stride * pb.H * phase_width : 0);
     for (int64_t c = begin; c < end; ++c) {
       T* xc = dx + c * HW;
-      // Row ih of column phase j starts at sums + (j*H + ih)*row_length.
-      T* sums = stride > 1 ? phases.data() : xc;
-      const int64_t row_length = stride > 1 ? phase_width : pb.W;
-      if (stride > 1) {
+      // Element (ih, w) of the channel: by phases at
+      // sums[(w%s * H + ih) * row_length + w/s], else at sums[ih * row_length + w].
+      T* sums = by_phases ? phases.data() : xc;
+      const int64_t row_length = by_phases ? phase_width : pb.W;
+      if (by_phases) {
         std::fill(phases.begin(), phases.end(), T(0));
       } else if (!accumulate) {
         std::fill(xc, xc + HW, T(0));
@@ -200,15 +206,18 @@ void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accum
           // Input column of output q: q*stride + offset = (q + shift)*stride + phase.
           const int64_t offset = col_offset - pb.pad_w;
           const int64_t shift = -ceil_div(-offset, stride), phase = offset - shift * stride;
+          // Where output q of row ih lands: sums[row_start(ih) + q*step].
+          const int64_t step = by_phases ? 1 : stride;
+          const int64_t first = by_phases ? phase * pb.H * row_length + shift : offset;
           for (int64_t p = 0; p < pb.P; ++p) {
             const int64_t ih = pb.input_row(p, r);
             if (ih < 0 || ih >= pb.H) continue;
-            add_row(sums + (phase * pb.H + ih) * row_length + shift + qs.lo,
-                    src + (p * pb.Q + qs.lo) * column_stride, qs.hi - qs.lo, column_stride);
+            add_run(sums + first + ih * row_length + qs.lo * step, step,
+                    src + (p * pb.Q + qs.lo) * column_stride, column_stride, qs.hi - qs.lo);
           }
         }
       }
-      if (stride > 1) {
+      if (by_phases) {
         for (int64_t ih = 0; ih < pb.H; ++ih) {
           interleave_row(xc + ih * pb.W, sums + ih * row_length, pb.H * row_length, pb.W, stride,
                          accumulate);
