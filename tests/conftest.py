@@ -53,6 +53,16 @@ def _seed():
 
 
 @pytest.fixture
+def no_tf32():
+    """TF32 off (cuDNN's convolutions and cuBLAS's matmuls round to 10 mantissa
+    bits with it): float32 comparisons mean float32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture
 def one_thread():
     """gradcheck / gradgradcheck call the ops thousands of times on tensors of a
     few dozen elements, where intra-op threads only add a thread wake-up per

@@ -338,18 +338,9 @@ def test_meta_model_converts():
     assert conv(torch.empty(2, 3, 10, 10, device="meta")).shape == (2, 8, 4, 4)
 
 
-@pytest.fixture
-def _no_tf32():
-    """cuDNN's TF32 convolutions round to 10 mantissa bits: off for float32 comparisons."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=NEEDS_CUDA)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_cuda_model(device, dtype, _no_tf32):
+def test_cuda_model(device, dtype, no_tf32):
     torch.manual_seed(0)
     net = Net().to(device, dtype).eval()
     conv, messages = conversion_warnings(lambda: cnnkit.convert(net))

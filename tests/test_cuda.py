@@ -664,15 +664,6 @@ TORCH_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d, nn.Ad
                 nn.AdaptiveAvgPool2d)
 
 
-@pytest.fixture
-def no_tf32():
-    """TF32 (cuBLAS for the Linear layer, cuDNN) off: float32 means float32."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def outputs_and_gradients(model, x, grad_seed):
     model.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_()

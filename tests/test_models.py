@@ -54,15 +54,6 @@ def _one_thread():
     torch.set_num_threads(saved)
 
 
-@pytest.fixture
-def no_tf32():
-    """cuDNN's TF32 convolutions round to 10 mantissa bits: off for float32 comparisons."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def relative_error(actual, expected):
     """max |actual - expected| / max |expected| (0 when both are all zero)."""
     actual, expected = actual.detach(), expected.detach()
