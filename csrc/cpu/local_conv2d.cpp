@@ -61,10 +61,8 @@ void gather_patch(const T* xn, T* dst, const Conv2dProblem& pb, int64_t p, int64
       if (pb.dilation_w == 1 && taps <= Vectorized<T>::size()) {
         // A kernel row is a few contiguous input elements: one masked vector copy.
         Vectorized<T>::loadu(src + ss.lo, taps).store(d + ss.lo, taps);
-      } else if (pb.dilation_w == 1) {
-        std::copy(src + ss.lo, src + ss.hi, d + ss.lo);
       } else {
-        for (int64_t s = ss.lo; s < ss.hi; ++s) d[s] = src[s * pb.dilation_w];
+        gather_strided(d + ss.lo, src + ss.lo * pb.dilation_w, taps, pb.dilation_w);
       }
     }
   }
@@ -87,7 +85,7 @@ void scatter_patch(const T* src, T* dxn, const Conv2dProblem& pb, int64_t p, int
         (Vectorized<T>::loadu(d + ss.lo, taps) + Vectorized<T>::loadu(sr + ss.lo, taps))
             .store(d + ss.lo, taps);
       } else {
-        for (int64_t s = ss.lo; s < ss.hi; ++s) d[s * pb.dilation_w] += sr[s];
+        add_run(d + ss.lo * pb.dilation_w, pb.dilation_w, sr + ss.lo, 1, taps);
       }
     }
   }
