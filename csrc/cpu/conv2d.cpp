@@ -36,6 +36,7 @@
 #include "cpu/im2col.h"
 #include "conv_ops.h"
 #include "cpu/memory.h"
+#include "cpu/narrow_mm.h"
 #include "problem.h"
 
 namespace cnnkit::cpu {
@@ -106,17 +107,30 @@ void for_each_block(const Conv2dProblem& pb, const BatchPlan& plan, const F& fn)
 // threads by rows (or columns) (below).
 constexpr int64_t kNarrowColumns = 64;
 
-// dst[g] = a[g] @ b[g] for every group g (tensors of shape (G, rows, cols)).
+// dst[g] = a[g] @ b[g] (+ dst[g] if accumulate) for every group g (tensors of
+// shape (G, rows, cols)).
 //
-// A narrow product (a few columns: the tile phases of a tiled convolution on
-// a small image) is a stream over the rows of `a` with little arithmetic per
-// element; ATen's BLAS runs such products 3x slower on two threads than on
-// one (measured: 16 products 512x4608 @ 4608x16, 73 ms vs 23 ms). Outside a
+// A product narrow in one dimension only (the tile phases of a tiled
+// convolution on a small image: a large weight against a few columns), when
+// written rather than accumulated, streams its large matrix through the
+// kernels of narrow_mm.h. Other narrow products
+// go to ATen's BLAS, which runs them 3x slower on two threads than on one
+// (measured: 16 products 512x4608 @ 4608x16, 73 ms vs 23 ms); outside a
 // parallel region they are split here instead: each thread one contiguous
 // block of rows, with single-threaded BLAS, so each row is still computed by
 // one call and the split depends only on the thread count. A product with
-// few rows (the transposed form of the same) is split by columns of `b`.
-void grouped_mm(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b) {
+// few rows is split by columns of `b`.
+void grouped_mm(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b,
+                bool accumulate = false) {
+  if (!accumulate && narrow_mm(dst, a, b)) return;
+  if (accumulate) {
+    if (dst.size(0) == 1) {
+      dst.select(0, 0).addmm_(a.select(0, 0), b.select(0, 0));
+    } else {
+      dst.baddbmm_(a, b);
+    }
+    return;
+  }
   const int64_t rows = dst.size(1), cols = dst.size(2), threads = at::get_num_threads();
   const bool split_rows = cols <= kNarrowColumns && rows >= 2 * threads;
   const bool split_cols = !split_rows && rows <= kNarrowColumns && cols >= 2 * threads;
@@ -180,10 +194,8 @@ at::Tensor patches(const Conv2dProblem& sub, const at::Tensor& input, int64_t n0
   const int64_t PQ = sub.P * sub.Q;
   auto col = scratch_matrix(sub, count * PQ, scratch);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit_im2col", [&] {
-    for (int64_t i = 0; i < count; ++i) {
-      im2col(input.select(0, n0 + i).const_data_ptr<scalar_t>(),
-             col.mutable_data_ptr<scalar_t>() + i * PQ, sub, count * PQ);
-    }
+    im2col(input.select(0, n0).const_data_ptr<scalar_t>(), col.mutable_data_ptr<scalar_t>(), sub,
+           count * PQ, count);
   });
   return col;
 }
@@ -308,11 +320,9 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
       // Entry (row, column) of the patch matrix: col[row*ld + column*column_stride].
       const int64_t ld = transposed ? 1 : columns, column_stride = transposed ? col.size(2) : 1;
       AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "cnnkit_col2im", [&] {
-        for (int64_t i = 0; i < count; ++i) {
-          col2im(col.const_data_ptr<scalar_t>() + i * PQ * column_stride,
-                 grad_input.select(0, n0 + i).mutable_data_ptr<scalar_t>(), sub, ld,
-                 /*accumulate=*/ph > 0, column_stride);
-        }
+        col2im(col.const_data_ptr<scalar_t>(),
+               grad_input.select(0, n0).mutable_data_ptr<scalar_t>(), sub, ld,
+               /*accumulate=*/ph > 0, column_stride, count);
       });
     }
   });
@@ -339,14 +349,8 @@ at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_
         const auto col_t = patches(sub, input, n0, n1 - n0, scratch).transpose(1, 2);
         auto acc = partial.select(0, chunk).select(0, ph);
         char& first = written[chunk * T + ph];
-        if (!first) {
-          grouped_mm(acc, g, col_t);
-          first = 1;
-        } else if (G == 1) {
-          acc.select(0, 0).addmm_(g.select(0, 0), col_t.select(0, 0));
-        } else {
-          acc.baddbmm_(g, col_t);
-        }
+        grouped_mm(acc, g, col_t, /*accumulate=*/first);
+        first = 1;
       }
     });
   }

@@ -137,14 +137,19 @@ void interleave_row(T* row, const T* phases, int64_t phase_ld, int64_t width, in
   });
 }
 
+// The patch matrices of `count` consecutive samples (x points at the first,
+// samples C*H*W apart), side by side: sample i in columns [i*P*Q, (i+1)*P*Q).
+// Tasks are (row, sample) pairs, so that a small image (a tile phase: 4608
+// rows of 4 columns) still gives every thread a share.
 template <typename T>
-void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld) {
-  const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
-  at::parallel_for(0, pb.C * RS, rows_grain(PQ), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
+void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld, int64_t count = 1) {
+  const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W, CHW = pb.C * HW;
+  at::parallel_for(0, pb.C * RS * count, rows_grain(PQ), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / count, i = task % count;
       const int64_t c = row / RS, r = (row / pb.S) % pb.R, s = row % pb.S;
-      const T* xc = x + c * HW;
-      T* dst = col + row * ld;
+      const T* xc = x + i * CHW + c * HW;
+      T* dst = col + row * ld + i * PQ;
       const int64_t col_offset = s * pb.dilation_w;
       const ValidRange qs = valid_outputs(pb.W, pb.Q, pb.stride_w, pb.pad_w, col_offset);
       for (int64_t p = 0; p < pb.P; ++p) {
@@ -179,16 +184,19 @@ void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld) {
 //
 // The patch matrix is read with rows `ld` apart and columns `column_stride`
 // apart: 1 for the layout im2col writes, the row count for its transpose.
+// It holds `count` samples side by side as im2col writes them; their
+// gradients are consecutive in dx, and the tasks are (sample, channel) pairs.
 template <typename T>
 void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accumulate,
-            int64_t column_stride = 1) {
+            int64_t column_stride = 1, int64_t count = 1) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
   const int64_t stride = pb.stride_w, phase_width = ceil_div(pb.W, stride);
   const bool by_phases = stride >= 2 && stride <= 4 && RS * PQ >= 2 * HW;
-  at::parallel_for(0, pb.C, rows_grain(RS * PQ), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, count * pb.C, rows_grain(RS * PQ), [&](int64_t begin, int64_t end) {
     std::vector<T> phases(by_phases ? stride * pb.H * phase_width : 0);
-    for (int64_t c = begin; c < end; ++c) {
-      T* xc = dx + c * HW;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t i = task / pb.C, c = task % pb.C;
+      T* xc = dx + task * HW;
       // Element (ih, w) of the channel: by phases at
       // sums[(w%s * H + ih) * row_length + w/s], else at sums[ih * row_length + w].
       T* sums = by_phases ? phases.data() : xc;
@@ -200,7 +208,7 @@ void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accum
       }
       for (int64_t r = 0; r < pb.R; ++r) {
         for (int64_t s = 0; s < pb.S; ++s) {
-          const T* src = col + ((c * pb.R + r) * pb.S + s) * ld;
+          const T* src = col + ((c * pb.R + r) * pb.S + s) * ld + i * PQ * column_stride;
           const int64_t col_offset = s * pb.dilation_w;
           const ValidRange qs = valid_outputs(pb.W, pb.Q, pb.stride_w, pb.pad_w, col_offset);
           // Input column of output q: q*stride + offset = (q + shift)*stride + phase.
