@@ -130,11 +130,11 @@ CONV_PROBLEMS = [
     ConvProblem("block_remainders", N=2, C=19, K=33, H=13, W=37, kernel=3, padding=1),
     # Deep input channels: a long reduction (C*kH*kW = 288), checked against float64.
     ConvProblem("long_reduction", N=2, C=32, K=8, H=6, W=6, kernel=3, padding=1),
-    # One small image against many channels: every product has one narrow
-    # dimension (42 locations against 67 filters and 81 patch rows), which the
-    # CPU engine streams (csrc/cpu/narrow_mm.h); none of the three sizes is a
-    # multiple of a vector or a register tile.
-    ConvProblem("narrow_products", N=1, C=9, K=67, H=6, W=7, kernel=3, padding=1),
+    # One small image against more channels: the forward and input-gradient
+    # products have one narrow dimension (15 locations against 19 filters and
+    # 18 patch rows), which the CPU engine streams (csrc/cpu/narrow_mm.h);
+    # none of the sizes is a multiple of a vector or a register tile.
+    ConvProblem("narrow_products", N=1, C=2, K=19, H=3, W=5, kernel=3, padding=1),
 ]
 
 # Explicit (top, bottom, left, right) padding, which only the dispatcher ops
@@ -653,13 +653,13 @@ TILED_PROBLEMS = [
     TiledProblem("remainders", N=2, C=19, K=17, H=11, W=13, kernel=3, padding=1, tiles=(2, 3)),
     # Deep input channels: a long reduction (C*kH*kW = 288).
     TiledProblem("long_reduction", N=2, C=32, K=4, H=6, W=6, kernel=3, padding=1, tiles=2),
-    # Many channels, few locations per tile phase (18 to 32): the streamed
+    # More channels than locations per tile phase (2 to 8): the streamed
     # narrow products of the CPU engine, as 4x4 tiles on a 7x7 ResNet layer
     # give them, with remainders in every dimension.
-    TiledProblem("narrow_phases", N=2, C=9, K=67, H=7, W=7, kernel=3, padding=1, tiles=2),
-    # Exactly 64 locations per phase (4 samples of 4x4): the widest product
-    # still streamed, four full vectors of float.
-    TiledProblem("narrow_phases_64", N=4, C=8, K=65, H=8, W=8, kernel=3, padding=1, tiles=2,
+    TiledProblem("narrow_phases", N=2, C=2, K=19, H=7, W=7, kernel=3, padding=1, tiles=4),
+    # Exactly 16 locations per phase (4 samples of 2x2): the widest product
+    # still streamed, one full vector of float.
+    TiledProblem("narrow_phases_16", N=4, C=2, K=17, H=4, W=4, kernel=3, padding=1, tiles=2,
                  bias=False),
 ]
 
