@@ -139,30 +139,31 @@ void interleave_row(T* row, const T* phases, int64_t phase_ld, int64_t width, in
 
 // The patch matrices of `count` consecutive samples (x points at the first,
 // samples C*H*W apart), side by side: sample i in columns [i*P*Q, (i+1)*P*Q).
-// Tasks are (row, sample) pairs, so that a small image (a tile phase: 4608
-// rows of 4 columns) still gives every thread a share.
+// One task per row, for all samples: a small image (a tile phase: 4608 rows
+// of 4 columns) still gives every thread a share, and the row's index
+// arithmetic is done once for all samples.
 template <typename T>
 void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld, int64_t count = 1) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W, CHW = pb.C * HW;
-  at::parallel_for(0, pb.C * RS * count, rows_grain(PQ), [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t row = task / count, i = task % count;
+  at::parallel_for(0, pb.C * RS, rows_grain(count * PQ), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
       const int64_t c = row / RS, r = (row / pb.S) % pb.R, s = row % pb.S;
-      const T* xc = x + i * CHW + c * HW;
-      T* dst = col + row * ld + i * PQ;
       const int64_t col_offset = s * pb.dilation_w;
       const ValidRange qs = valid_outputs(pb.W, pb.Q, pb.stride_w, pb.pad_w, col_offset);
       for (int64_t p = 0; p < pb.P; ++p) {
-        T* d = dst + p * pb.Q;
         const int64_t ih = pb.input_row(p, r);
-        if (ih < 0 || ih >= pb.H) {
-          std::fill(d, d + pb.Q, T(0));
-          continue;
+        const bool inside = ih >= 0 && ih < pb.H;
+        const T* xr = x + c * HW + ih * pb.W + (qs.lo * pb.stride_w - pb.pad_w + col_offset);
+        for (int64_t i = 0; i < count; ++i) {
+          T* d = col + row * ld + i * PQ + p * pb.Q;
+          if (!inside) {
+            std::fill(d, d + pb.Q, T(0));
+            continue;
+          }
+          std::fill(d, d + qs.lo, T(0));
+          gather_strided(d + qs.lo, xr + i * CHW, qs.hi - qs.lo, pb.stride_w);
+          std::fill(d + qs.hi, d + pb.Q, T(0));
         }
-        const T* xr = xc + ih * pb.W + (qs.lo * pb.stride_w - pb.pad_w + col_offset);
-        std::fill(d, d + qs.lo, T(0));
-        gather_strided(d + qs.lo, xr, qs.hi - qs.lo, pb.stride_w);
-        std::fill(d + qs.hi, d + pb.Q, T(0));
       }
     }
   });
