@@ -6,9 +6,10 @@
 // columns. Such a product does a few multiply-adds per weight element loaded,
 // so its time is the time to stream the weight through memory once; BLAS,
 // built for the reuse of square-ish blocks, reads it at about half the rate
-// of a plain sum over it (the same phases: 28 ms where 13 ms would do).
+// of a plain sum over it (measured on those phases, one forward: 28 ms
+// through BLAS, 14 ms for a sum over the weight).
 //
-// The two products that read the weight, each streaming it once, row by row,
+// The two products that read the weight, each reading it from memory once,
 // with the narrow operand and the partial results in registers or L1:
 //
 //   narrow right   C (m x n) = A (m x l) @ B (l x n)   forward, A the weight
@@ -18,7 +19,7 @@
 // BLAS: measured, a streamed version was no faster, with or without
 // non-temporal stores.) Past 16 columns BLAS catches up (measured at 36 to 64
 // on 4x256x14x14 and 4x512x14x14 with 4x4 tiles: equal forward, input
-// gradient 1.3 to 1.7x faster on BLAS), so kNarrow is 16.
+// gradient 1.25 to 1.7x faster on BLAS), so kNarrow is 16.
 //
 // Each output element is one sum in a fixed order over the inner dimension,
 // whatever the number of threads.
