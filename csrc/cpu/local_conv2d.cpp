@@ -44,49 +44,65 @@ inline ValidRange valid_taps(int64_t extent, int64_t taps, int64_t stride, int64
   return valid_outputs(extent, taps, dilation, pad - out_index * stride, 0);
 }
 
-// The patch of output location (p, q) in one sample x_n (C, H, W), unfolded in
-// (c, r, s) order over all C channels (zero in the padding).
+// The kernel rows and columns of output location (p, q) that read inside the input.
+struct PatchTaps {
+  ValidRange rows, cols;
+};
+
+inline PatchTaps patch_taps(const Conv2dProblem& pb, int64_t p, int64_t q) {
+  return {valid_taps(pb.H, pb.R, pb.stride_h, pb.pad_h, pb.dilation_h, p),
+          valid_taps(pb.W, pb.S, pb.stride_w, pb.pad_w, pb.dilation_w, q)};
+}
+
+// The patches of output location (p, q) in `count` samples (x points at the
+// first, samples C*H*W apart), each unfolded in (c, r, s) order over all C
+// channels (zero in the padding), C*R*S apart in dst. Samples innermost: each
+// kernel row's source offset is worked out once for all samples (the patches
+// are many short copies: 5 elements for a 5x5 kernel).
 template <typename T>
-void gather_patch(const T* xn, T* dst, const Conv2dProblem& pb, int64_t p, int64_t q) {
-  const ValidRange rs = valid_taps(pb.H, pb.R, pb.stride_h, pb.pad_h, pb.dilation_h, p);
-  const ValidRange ss = valid_taps(pb.W, pb.S, pb.stride_w, pb.pad_w, pb.dilation_w, q);
-  const int64_t HW = pb.H * pb.W, RS = pb.R * pb.S;
+void gather_patches(const T* x, int64_t count, T* dst, const Conv2dProblem& pb, int64_t p,
+                    int64_t q) {
+  const auto [rs, ss] = patch_taps(pb, p, q);
+  const int64_t HW = pb.H * pb.W, RS = pb.R * pb.S, CHW = pb.C * HW, CRS = pb.C * RS;
   const bool interior = rs.lo == 0 && rs.hi == pb.R && ss.lo == 0 && ss.hi == pb.S;
-  if (!interior) std::fill(dst, dst + pb.C * RS, T(0));
+  if (!interior) std::fill(dst, dst + count * CRS, T(0));
+  const int64_t taps = ss.hi - ss.lo;
+  // A kernel row is a few contiguous input elements: one masked vector copy.
+  const bool one_vector = pb.dilation_w == 1 && taps <= Vectorized<T>::size();
   for (int64_t c = 0; c < pb.C; ++c) {
     for (int64_t r = rs.lo; r < rs.hi; ++r) {
-      const T* src = xn + c * HW + pb.input_row(p, r) * pb.W + pb.input_col(q, 0);
-      T* d = dst + c * RS + r * pb.S;
-      const int64_t taps = ss.hi - ss.lo;
-      if (pb.dilation_w == 1 && taps <= Vectorized<T>::size()) {
-        // A kernel row is a few contiguous input elements: one masked vector copy.
-        Vectorized<T>::loadu(src + ss.lo, taps).store(d + ss.lo, taps);
-      } else {
-        gather_strided(d + ss.lo, src + ss.lo * pb.dilation_w, taps, pb.dilation_w);
+      const T* src = x + c * HW + pb.input_row(p, r) * pb.W + pb.input_col(q, ss.lo);
+      T* d = dst + c * RS + r * pb.S + ss.lo;
+      for (int64_t n = 0; n < count; ++n) {
+        if (one_vector) {
+          Vectorized<T>::loadu(src + n * CHW, taps).store(d + n * CRS, taps);
+        } else {
+          gather_strided(d + n * CRS, src + n * CHW, taps, pb.dilation_w);
+        }
       }
     }
   }
 }
 
-// The adjoint of gather_patch: adds the patch back onto the input positions it
-// was read from, for input channels [c0, c1) of one sample.
+// The adjoint of gather_patches along one output row p, for one sample n and
+// input channel c: adds the row's patches (location q's at
+// row_patches[(q*N + n)*C*R*S]) back onto the input positions they were read
+// from. Tap by tap, (r, s), across the row: one pass adds each tap of every
+// location to its own input element, so no two adds of a pass touch the same
+// element (patch by patch, consecutive locations' overlapping runs made each
+// masked add wait for the previous one's store).
 template <typename T>
-void scatter_patch(const T* src, T* dxn, const Conv2dProblem& pb, int64_t p, int64_t q,
-                   int64_t c0, int64_t c1) {
+void fold_row_patches(const T* row_patches, T* dxn, const Conv2dProblem& pb, int64_t p,
+                      int64_t n, int64_t c) {
   const ValidRange rs = valid_taps(pb.H, pb.R, pb.stride_h, pb.pad_h, pb.dilation_h, p);
-  const ValidRange ss = valid_taps(pb.W, pb.S, pb.stride_w, pb.pad_w, pb.dilation_w, q);
-  const int64_t HW = pb.H * pb.W, RS = pb.R * pb.S;
-  for (int64_t c = c0; c < c1; ++c) {
-    for (int64_t r = rs.lo; r < rs.hi; ++r) {
-      T* d = dxn + c * HW + pb.input_row(p, r) * pb.W + pb.input_col(q, 0);
-      const T* sr = src + c * RS + r * pb.S;
-      const int64_t taps = ss.hi - ss.lo;
-      if (pb.dilation_w == 1 && taps <= Vectorized<T>::size()) {
-        (Vectorized<T>::loadu(d + ss.lo, taps) + Vectorized<T>::loadu(sr + ss.lo, taps))
-            .store(d + ss.lo, taps);
-      } else {
-        add_run(d + ss.lo * pb.dilation_w, pb.dilation_w, sr + ss.lo, 1, taps);
-      }
+  const int64_t RS = pb.R * pb.S, step = pb.N * pb.C * RS;
+  for (int64_t r = rs.lo; r < rs.hi; ++r) {
+    T* drow = dxn + (c * pb.H + pb.input_row(p, r)) * pb.W;
+    for (int64_t s = 0; s < pb.S; ++s) {
+      const int64_t offset = s * pb.dilation_w;
+      const ValidRange qs = valid_outputs(pb.W, pb.Q, pb.stride_w, pb.pad_w, offset);
+      const T* src = row_patches + n * pb.C * RS + c * RS + r * pb.S + s;
+      for (int64_t q = qs.lo; q < qs.hi; ++q) drow[pb.input_col(q, s)] += src[q * step];
     }
   }
 }
@@ -162,9 +178,7 @@ void forward_kernel(const Conv2dProblem& pb, const T* x, const T* w, const T* bi
   at::parallel_for(0, PQ, grain_for(pb.N * pb.K * CgRS), [&](int64_t l0, int64_t l1) {
     std::vector<T> patches(pb.N * CRS), results(pb.N * pb.K);
     for (int64_t l = l0; l < l1; ++l) {
-      for (int64_t n = 0; n < pb.N; ++n) {
-        gather_patch(x + n * CHW, patches.data() + n * CRS, pb, l / pb.Q, l % pb.Q);
-      }
+      gather_patches(x, pb.N, patches.data(), pb, l / pb.Q, l % pb.Q);
       // Each weight row W_l[k] is streamed against the patches of four samples
       // at a time (from L1 after the first four: W_l is a few tens of KiB),
       // with the dot products kept in vector registers. (Transposing W_l so
@@ -199,9 +213,7 @@ void weight_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T*
   at::parallel_for(0, PQ, grain_for(pb.N * pb.K * CgRS), [&](int64_t l0, int64_t l1) {
     std::vector<T> patches(pb.N * CRS), coef(pb.N);
     for (int64_t l = l0; l < l1; ++l) {
-      for (int64_t n = 0; n < pb.N; ++n) {
-        gather_patch(x + n * CHW, patches.data() + n * CRS, pb, l / pb.Q, l % pb.Q);
-      }
+      gather_patches(x, pb.N, patches.data(), pb, l / pb.Q, l % pb.Q);
       for (int64_t k = 0; k < pb.K; ++k) {
         for (int64_t n = 0; n < pb.N; ++n) coef[n] = grad_out[(n * pb.K + k) * PQ + l];
         combine_rows(grad_w + (k * PQ + l) * CgRS, patches.data() + (k / Kg) * CgRS, CRS,
@@ -241,10 +253,7 @@ void input_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* 
     at::parallel_for(0, pb.N * pb.C, grain_for(pb.Q * pb.R * pb.S), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t n = i / pb.C, c = i % pb.C;
-        for (int64_t q = 0; q < pb.Q; ++q) {
-          scatter_patch(row_patches_data + (q * pb.N + n) * CRS, grad_in + n * pb.C * HW, pb, p,
-                        q, c, c + 1);
-        }
+        fold_row_patches(row_patches_data, grad_in + n * pb.C * HW, pb, p, n, c);
       }
     });
   }
