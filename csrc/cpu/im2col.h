@@ -67,6 +67,9 @@ void with_static_stride(int64_t stride, const F& fn) {
   }
 }
 
+// Runs up to this long are copied element by element.
+constexpr int64_t kShortRun = 4;
+
 // d[i] = x[i * stride] for i in [0, n).
 template <typename T, typename Stride>
 void gather_run(T* __restrict d, const T* __restrict x, int64_t n, Stride stride) {
@@ -75,7 +78,11 @@ void gather_run(T* __restrict d, const T* __restrict x, int64_t n, Stride stride
 
 template <typename T>
 void gather_strided(T* d, const T* x, int64_t n, int64_t stride) {
-  if (stride == 1) {
+  if (n <= kShortRun) {
+    // The runs of a tile phase on a small image (2 to 4 elements): too short
+    // for the vector loops or a memcpy call to pay for themselves.
+    for (int64_t i = 0; i < n; ++i) d[i] = x[i * stride];
+  } else if (stride == 1) {
     std::memcpy(d, x, sizeof(T) * n);
   } else {
     with_static_stride(stride, [&](auto s) { gather_run(d, x, n, s); });
@@ -90,7 +97,9 @@ void scatter_run(T* __restrict d, const T* __restrict x, int64_t n, Stride strid
 
 template <typename T>
 void scatter_strided(T* d, const T* x, int64_t n, int64_t stride) {
-  if (stride == 1) {
+  if (n <= kShortRun) {
+    for (int64_t i = 0; i < n; ++i) d[i * stride] = x[i];
+  } else if (stride == 1) {
     std::memcpy(d, x, sizeof(T) * n);
   } else {
     with_static_stride(stride, [&](auto s) { scatter_run(d, x, n, s); });
