@@ -135,6 +135,10 @@ CONV_PROBLEMS = [
     # 18 patch rows), which the CPU engine streams (csrc/cpu/narrow_mm.h);
     # none of the sizes is a multiple of a vector or a register tile.
     ConvProblem("narrow_products", N=1, C=2, K=19, H=3, W=5, kernel=3, padding=1),
+    # Stride 2 on wide rows (11 outputs per row, odd width, dilated columns):
+    # runs of strided input columns longer than the short-run copies.
+    ConvProblem("stride2_wide_rows", N=2, C=3, K=4, H=7, W=21, kernel=3, stride=2,
+                padding=(1, 2), dilation=(1, 2)),
 ]
 
 # Explicit (top, bottom, left, right) padding, which only the dispatcher ops
@@ -653,6 +657,11 @@ TILED_PROBLEMS = [
     TiledProblem("remainders", N=2, C=19, K=17, H=11, W=13, kernel=3, padding=1, tiles=(2, 3)),
     # Deep input channels: a long reduction (C*kH*kW = 288).
     TiledProblem("long_reduction", N=2, C=32, K=4, H=6, W=6, kernel=3, padding=1, tiles=2),
+    # Wide rows (9 to 10 locations per phase row): runs of input columns 2
+    # (2x2 tiles) and 3 (1x3 tiles) apart, longer than the short-run copies.
+    TiledProblem("tiles_2x2_wide_rows", N=2, C=3, K=4, H=6, W=19, kernel=3, padding=1, tiles=2),
+    TiledProblem("tiles_1x3_wide_rows", N=1, C=2, K=3, H=5, W=26, kernel=3, padding=1,
+                 tiles=(1, 3)),
     # More channels than locations per tile phase (2 to 8): the streamed
     # narrow products of the CPU engine, as 4x4 tiles on a 7x7 ResNet layer
     # give them, with remainders in every dimension.
