@@ -112,6 +112,27 @@ void fold_row_patches(const T* row_patches, T* dxn, const Conv2dProblem& pb, int
 template <typename T>
 void dot_rows(const T* w, const T* const* a, int count, int64_t len, T* out) {
   using Vec = Vectorized<T>;
+  if (count == 1) {
+    // One sample: four partial sums over interleaved vectors, so that the
+    // multiply-adds do not wait on one another (one chain ran at one vector
+    // per four cycles, slower than the weights stream in).
+    Vec part[4] = {Vec(T(0)), Vec(T(0)), Vec(T(0)), Vec(T(0))};
+    int64_t j = 0;
+    for (; j + 4 * Vec::size() <= len; j += 4 * Vec::size()) {
+      for (int v = 0; v < 4; ++v) {
+        part[v] = at::vec::fmadd(Vec::loadu(w + j + v * Vec::size()),
+                                 Vec::loadu(a[0] + j + v * Vec::size()), part[v]);
+      }
+    }
+    for (; j + Vec::size() <= len; j += Vec::size()) {
+      part[0] = at::vec::fmadd(Vec::loadu(w + j), Vec::loadu(a[0] + j), part[0]);
+    }
+    const Vec total = (part[0] + part[1]) + (part[2] + part[3]);
+    T sum = at::vec::vec_reduce_all<T>([](Vec& u, Vec& v) { return u + v; }, total);
+    for (; j < len; ++j) sum += w[j] * a[0][j];
+    out[0] = sum;
+    return;
+  }
   Vec acc[4] = {Vec(T(0)), Vec(T(0)), Vec(T(0)), Vec(T(0))};
   int64_t j = 0;
   for (; j + Vec::size() <= len; j += Vec::size()) {
