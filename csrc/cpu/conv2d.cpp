@@ -113,13 +113,13 @@ constexpr int64_t kNarrowColumns = 64;
 // A product narrow in one dimension only (the tile phases of a tiled
 // convolution on a small image: a large weight against a few columns), when
 // written rather than accumulated, streams its large matrix through the
-// kernels of narrow_mm.h. Other narrow products
-// go to ATen's BLAS, which runs them 3x slower on two threads than on one
-// (measured: 16 products 512x4608 @ 4608x16, 73 ms vs 23 ms); outside a
-// parallel region they are split here instead: each thread one contiguous
-// block of rows, with single-threaded BLAS, so each row is still computed by
-// one call and the split depends only on the thread count. A product with
-// few rows is split by columns of `b`.
+// kernels of narrow_mm.h. Other narrow products go to ATen's BLAS, which runs
+// them 3x slower on two threads than on one (measured: 16 products
+// 512x4608 @ 4608x16, 73 ms vs 23 ms); outside a parallel region they are
+// split here instead: each thread one contiguous block of rows, with
+// single-threaded BLAS, so each row is still computed by one call and the
+// split depends only on the thread count. A product with few rows is split
+// by columns of `b`.
 void grouped_mm(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b,
                 bool accumulate = false) {
   if (!accumulate && narrow_mm(dst, a, b)) return;

@@ -162,7 +162,9 @@ void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld, int64_t cou
       for (int64_t p = 0; p < pb.P; ++p) {
         const int64_t ih = pb.input_row(p, r);
         const bool inside = ih >= 0 && ih < pb.H;
-        const T* xr = x + c * HW + ih * pb.W + (qs.lo * pb.stride_w - pb.pad_w + col_offset);
+        const T* xr =
+            inside ? x + c * HW + ih * pb.W + (qs.lo * pb.stride_w - pb.pad_w + col_offset)
+                   : nullptr;
         for (int64_t i = 0; i < count; ++i) {
           T* d = col + row * ld + i * PQ + p * pb.Q;
           if (!inside) {
