@@ -213,7 +213,7 @@ void copy_phase_locations(const Conv2dProblem& pb, int64_t phase, int64_t n0, in
                           std::conditional_t<kToMatrix, T*, const T*> matrix) {
   const ConvPhase ph = conv_phase(pb, phase);
   const int64_t PQ = pb.P * pb.Q, phase_PQ = ph.P_a * ph.Q_b;
-  at::parallel_for(0, pb.K * count, rows_grain(phase_PQ), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, pb.K * count, grain_for(phase_PQ), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {  // row = k*count + i
       const int64_t k = row / count, i = row % count;
       const auto plane = tensor + ((n0 + i) * pb.K + k) * PQ + ph.a * pb.Q + ph.b;
@@ -376,8 +376,7 @@ at::Tensor conv_bias_backward(const at::Tensor& grad_output, int64_t tile_h, int
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
     const scalar_t* src = g.const_data_ptr<scalar_t>();
     scalar_t* dst = grad_bias.mutable_data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, N * P * Q));
-    at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
+    at::parallel_for(0, K, grain_for(N * P * Q), [&](int64_t k0, int64_t k1) {
       std::vector<acc_t> row_sums(tile_h * Q);
       for (int64_t k = k0; k < k1; ++k) {
         std::fill(row_sums.begin(), row_sums.end(), acc_t(0));

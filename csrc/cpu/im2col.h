@@ -22,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/backend.h"
 #include "problem.h"
 
 namespace cnnkit::cpu {
@@ -42,11 +43,6 @@ inline ValidRange valid_outputs(int64_t extent, int64_t out_extent, int64_t stri
   const int64_t lo = std::min(out_extent, std::max<int64_t>(0, ceil_div(pad - offset, stride)));
   const int64_t hi = std::min<int64_t>(out_extent, ceil_div(extent + pad - offset, stride));
   return {lo, std::max(lo, hi)};
-}
-
-// Rows worth of work per parallel chunk: about 32K elements.
-inline int64_t rows_grain(int64_t row_length) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_length));
 }
 
 // Strided loops over rows. A stride known at compile time lets the compiler
@@ -154,7 +150,7 @@ void interleave_row(T* row, const T* phases, int64_t phase_ld, int64_t width, in
 template <typename T>
 void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld, int64_t count = 1) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W, CHW = pb.C * HW;
-  at::parallel_for(0, pb.C * RS, rows_grain(count * PQ), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, pb.C * RS, grain_for(count * PQ), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t c = row / RS, r = (row / pb.S) % pb.R, s = row % pb.S;
       const int64_t col_offset = s * pb.dilation_w;
@@ -182,8 +178,8 @@ void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld, int64_t cou
 
 // dx[c][ih][iw] = sum of col entries that im2col copied from (c, ih, iw):
 // the adjoint of im2col; added to dx when `accumulate`, else dx is overwritten.
-// One channel per task, so no two tasks write the same element and the
-// summation order is fixed.
+// One (sample, channel) plane per task, so no two tasks write the same
+// element and the summation order is fixed.
 //
 // At column stride s > 1 the entries of one patch row land s apart in dx,
 // which the compiler cannot vectorise. Where the patches cover the plane
@@ -197,14 +193,14 @@ void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld, int64_t cou
 // The patch matrix is read with rows `ld` apart and columns `column_stride`
 // apart: 1 for the layout im2col writes, the row count for its transpose.
 // It holds `count` samples side by side as im2col writes them; their
-// gradients are consecutive in dx, and the tasks are (sample, channel) pairs.
+// gradients are consecutive in dx.
 template <typename T>
 void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accumulate,
             int64_t column_stride = 1, int64_t count = 1) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
   const int64_t stride = pb.stride_w, phase_width = ceil_div(pb.W, stride);
   const bool by_phases = stride >= 2 && stride <= 4 && RS * PQ >= 2 * HW;
-  at::parallel_for(0, count * pb.C, rows_grain(RS * PQ), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, count * pb.C, grain_for(RS * PQ), [&](int64_t begin, int64_t end) {
     std::vector<T> phases(by_phases ? stride * pb.H * phase_width : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t i = task / pb.C, c = task % pb.C;

@@ -44,16 +44,6 @@ inline ValidRange valid_taps(int64_t extent, int64_t taps, int64_t stride, int64
   return valid_outputs(extent, taps, dilation, pad - out_index * stride, 0);
 }
 
-// The kernel rows and columns of output location (p, q) that read inside the input.
-struct PatchTaps {
-  ValidRange rows, cols;
-};
-
-inline PatchTaps patch_taps(const Conv2dProblem& pb, int64_t p, int64_t q) {
-  return {valid_taps(pb.H, pb.R, pb.stride_h, pb.pad_h, pb.dilation_h, p),
-          valid_taps(pb.W, pb.S, pb.stride_w, pb.pad_w, pb.dilation_w, q)};
-}
-
 // The patches of output location (p, q) in `count` samples (x points at the
 // first, samples C*H*W apart), each unfolded in (c, r, s) order over all C
 // channels (zero in the padding), C*R*S apart in dst. Samples innermost: each
@@ -62,7 +52,8 @@ inline PatchTaps patch_taps(const Conv2dProblem& pb, int64_t p, int64_t q) {
 template <typename T>
 void gather_patches(const T* x, int64_t count, T* dst, const Conv2dProblem& pb, int64_t p,
                     int64_t q) {
-  const auto [rs, ss] = patch_taps(pb, p, q);
+  const ValidRange rs = valid_taps(pb.H, pb.R, pb.stride_h, pb.pad_h, pb.dilation_h, p);
+  const ValidRange ss = valid_taps(pb.W, pb.S, pb.stride_w, pb.pad_w, pb.dilation_w, q);
   const int64_t HW = pb.H * pb.W, RS = pb.R * pb.S, CHW = pb.C * HW, CRS = pb.C * RS;
   const bool interior = rs.lo == 0 && rs.hi == pb.R && ss.lo == 0 && ss.hi == pb.S;
   if (!interior) std::fill(dst, dst + count * CRS, T(0));
@@ -180,12 +171,6 @@ void combine_rows(T* out, const T* rows, int64_t row_stride, const T* coef, int6
   }
 }
 
-// Tasks per parallel chunk for tasks of `work` multiply-adds each: small
-// problems run inline instead of paying for a parallel region.
-inline int64_t grain_for(int64_t work) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work));
-}
-
 // Pointer to W_l[k] = W[k, p, q, :, :, :] (length C/g*R*S).
 template <typename T>
 inline const T* weight_row(const T* w, const Conv2dProblem& pb, int64_t k, int64_t l) {
@@ -195,7 +180,7 @@ inline const T* weight_row(const T* w, const Conv2dProblem& pb, int64_t k, int64
 template <typename T>
 void forward_kernel(const Conv2dProblem& pb, const T* x, const T* w, const T* bias, T* out) {
   const int64_t PQ = pb.P * pb.Q, CgRS = pb.patch_size(), CRS = pb.C * pb.R * pb.S;
-  const int64_t Kg = pb.group_out_channels(), CHW = pb.C * pb.H * pb.W;
+  const int64_t Kg = pb.group_out_channels();
   at::parallel_for(0, PQ, grain_for(pb.N * pb.K * CgRS), [&](int64_t l0, int64_t l1) {
     std::vector<T> patches(pb.N * CRS), results(pb.N * pb.K);
     for (int64_t l = l0; l < l1; ++l) {
@@ -230,7 +215,7 @@ void forward_kernel(const Conv2dProblem& pb, const T* x, const T* w, const T* bi
 template <typename T>
 void weight_backward_kernel(const Conv2dProblem& pb, const T* grad_out, const T* x, T* grad_w) {
   const int64_t PQ = pb.P * pb.Q, CgRS = pb.patch_size(), CRS = pb.C * pb.R * pb.S;
-  const int64_t Kg = pb.group_out_channels(), CHW = pb.C * pb.H * pb.W;
+  const int64_t Kg = pb.group_out_channels();
   at::parallel_for(0, PQ, grain_for(pb.N * pb.K * CgRS), [&](int64_t l0, int64_t l1) {
     std::vector<T> patches(pb.N * CRS), coef(pb.N);
     for (int64_t l = l0; l < l1; ++l) {

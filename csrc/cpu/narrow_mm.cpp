@@ -23,11 +23,6 @@ using at::vec::Vectorized;
 // stored all 16 accumulators to the stack at every step).
 #define CNNKIT_UNROLL _Pragma("GCC unroll 16")
 
-// Tasks of at least about GRAIN_SIZE multiply-adds; smaller products run inline.
-inline int64_t grain_for(int64_t work_per_task) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_task));
-}
-
 // ------------------------------------------------ narrow right: C = A @ B, B (l x n)
 
 // Rows [0, MR) of C, columns [0, (NV - 1) * lanes + last): for each k, row k

@@ -40,6 +40,7 @@ namespace cnnkit {
 namespace {
 
 using at::vec::Vectorized;
+using cpu::grain_for;
 
 template <typename scalar_t>
 using Vec = Vectorized<scalar_t>;
@@ -51,11 +52,6 @@ using acc_t = at::opmath_type<scalar_t>;
 static_assert(std::is_same_v<acc_t<float>, float> && std::is_same_v<acc_t<double>, double>);
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }  // a >= 0, b > 0
-
-// Items per parallel task so that a task does about GRAIN_SIZE element operations.
-int64_t grain_for(int64_t work_per_item) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_item));
-}
 
 // Output rows r = plane * P + p of `planes` planes in parallel: f(plane, p, r).
 template <typename F>
