@@ -126,7 +126,6 @@ Geometry make_geometry(const Conv2dProblem& pb) {
   return g;
 }
 
-
 bool is_depthwise(const Conv2dProblem& pb) {
   return pb.groups == pb.C && pb.phase_count() == 1;
 }

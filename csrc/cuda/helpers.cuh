@@ -50,8 +50,6 @@ CNNKIT_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
 // After every launch: turns a launch error into a Python exception at once.
 #define CNNKIT_CHECK_LAUNCH() C10_CUDA_KERNEL_LAUNCH_CHECK()
 
-// ATen's CUDA context header is avoided on purpose: it pulls in the cuBLAS and
-// cuSPARSE headers, which a minimal toolkit lacks and no cnnkit kernel uses.
 // What the op layers (csrc/conv_ops.h, local_ops.h, pool_ops.h) hold while a
 // CUDA backend's kernels run: the device guard of the op's tensor.
 struct DeviceScope {
@@ -65,6 +63,8 @@ inline at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& op
   return at::empty(sizes, options);
 }
 
+// ATen's CUDA context header is avoided on purpose: it pulls in the cuBLAS and
+// cuSPARSE headers, which a minimal toolkit lacks and no cnnkit kernel uses.
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 // Streaming multiprocessors of the current device.
