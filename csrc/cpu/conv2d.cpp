@@ -17,10 +17,12 @@
 // side, so each product has about 1024 columns and reads the weights once per
 // block of samples. Parallelism: with at least as many blocks as threads,
 // the blocks are split into one contiguous range per thread, each with its
-// own scratch and single-threaded BLAS; otherwise blocks run one after another
-// and the loops and BLAS inside each run in parallel. Weight-gradient partial
-// sums are kept per range and added in range order, so results do not depend
-// on thread timing.
+// own scratch and single-threaded BLAS; a batch that is one block with many
+// tile phases gets one contiguous range of phases per thread instead;
+// otherwise blocks run one after another and the loops and BLAS inside each
+// run in parallel. Partial sums (weight gradient per range of blocks, input
+// gradient per range of phases) are added in range order, so results do not
+// depend on thread timing.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
@@ -63,41 +65,82 @@ Conv2dProblem phase_problem(const Conv2dProblem& pb, int64_t phase) {
   return sub;
 }
 
-// How the batch is cut: blocks of `block` samples whose patch matrices sit side
+// How the work is cut: blocks of `block` samples whose patch matrices sit side
 // by side in one matrix (so that a small image still gives each product about
 // kTargetColumns columns and the weights are read once per block, not once
-// per sample), and `chunks` contiguous ranges of blocks run in parallel.
+// per sample), and `chunks` parallel tasks. Normally a chunk is a contiguous
+// range of blocks and does every phase of them. When the whole batch is one
+// block and there are many tile phases (4x4 tiles on a small image), a chunk
+// is instead a contiguous range of phases, [phase_bounds[c], phase_bounds[c+1]),
+// of that block: each thread then runs its phases from unfolding to product to
+// store without meeting the other, where splitting every phase's steps over
+// the threads cost two or three parallel regions per phase (about 150 per
+// fwd+bwd for 16 phases).
 struct BatchPlan {
   int64_t block, blocks, chunks;
+  bool by_phases;
+  std::vector<int64_t> phase_bounds;  // chunks + 1 entries
 };
 
 constexpr int64_t kTargetColumns = 1024;
 
+// A phase's share of the work, for splitting phases over threads: its columns
+// plus a term for reading its weight, which costs about as much as
+// kWeightReadColumns columns of products (a few columns per phase make
+// the product a stream over the weight).
+constexpr int64_t kWeightReadColumns = 16;
+
 BatchPlan plan_batch(const Conv2dProblem& pb) {
   const auto sub = phase_problem(pb, 0);
   const int64_t N = std::max<int64_t>(1, pb.N), threads = at::get_num_threads();
+  const int64_t T = pb.phase_count();
   const int64_t columns = std::max<int64_t>(1, sub.P * sub.Q);
   int64_t blocks = ceil_div(N * columns, kTargetColumns);
   // Enough blocks for every thread to get the same number of samples.
   if (threads > 1 && blocks >= threads) blocks = ceil_div(blocks, threads) * threads;
   const int64_t block = ceil_div(N, std::min(blocks, N));
   blocks = ceil_div(N, block);
-  return {block, blocks, (threads > 1 && blocks >= threads) ? threads : 1};
+  if (threads > 1 && blocks == 1 && T >= 4 * threads) {
+    // Contiguous phase ranges of about equal work.
+    std::vector<int64_t> work(T + 1, 0);  // work[t]: phases [0, t)
+    for (int64_t t = 0; t < T; ++t) {
+      const ConvPhase ph = conv_phase(pb, t);
+      work[t + 1] = work[t] + N * ph.P_a * ph.Q_b + kWeightReadColumns;
+    }
+    std::vector<int64_t> bounds(threads + 1, T);
+    bounds[0] = 0;
+    for (int64_t c = 1; c < threads; ++c) {
+      const int64_t target = work[T] * c / threads;
+      int64_t t = bounds[c - 1];
+      while (t < T && work[t] < target) ++t;
+      bounds[c] = t;
+    }
+    return {block, blocks, threads, true, std::move(bounds)};
+  }
+  const int64_t chunks = (threads > 1 && blocks >= threads) ? threads : 1;
+  std::vector<int64_t> bounds(chunks + 1, T);
+  bounds[0] = 0;
+  return {block, blocks, chunks, false, std::move(bounds)};
 }
 
-// fn(chunk, n0, n1) for every block [n0, n1) of samples, the blocks of one
-// chunk on one thread. Worker threads take the caller's thread-local state
-// (autograd below the dispatcher, as the host function set it), since the
-// blocks call ATen ops.
+// fn(chunk, n0, n1, ph0, ph1) for every block [n0, n1) of samples and its
+// phases [ph0, ph1), the work of one chunk on one thread (see BatchPlan).
+// Worker threads take the caller's thread-local state (autograd below the
+// dispatcher, as the host function set it), since the blocks call ATen ops.
 template <typename F>
 void for_each_block(const Conv2dProblem& pb, const BatchPlan& plan, const F& fn) {
   const at::ThreadLocalState caller_state;
   at::parallel_for(0, plan.chunks, 1, [&](int64_t begin, int64_t end) {
     at::ThreadLocalStateGuard state_guard(caller_state);
     for (int64_t c = begin; c < end; ++c) {
+      if (plan.by_phases) {
+        fn(c, int64_t(0), pb.N, plan.phase_bounds[c], plan.phase_bounds[c + 1]);
+        continue;
+      }
       for (int64_t b = c * plan.blocks / plan.chunks; b < (c + 1) * plan.blocks / plan.chunks;
            ++b) {
-        fn(c, b * plan.block, std::min(pb.N, (b + 1) * plan.block));
+        fn(c, b * plan.block, std::min(pb.N, (b + 1) * plan.block), int64_t(0),
+           pb.phase_count());
       }
     }
   });
@@ -265,9 +308,9 @@ at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
   if (output.numel() == 0) return output;
   const int64_t G = pb.groups, Kg = pb.group_out_channels();
   const auto plan = plan_batch(pb);
-  for_each_block(pb, plan, [&](int64_t, int64_t n0, int64_t n1) {
+  for_each_block(pb, plan, [&](int64_t, int64_t n0, int64_t n1, int64_t ph0, int64_t ph1) {
     auto scratch = patch_scratch(pb, plan, input);
-    for (int64_t ph = 0; ph < pb.phase_count(); ++ph) {
+    for (int64_t ph = ph0; ph < ph1; ++ph) {
       const auto sub = phase_problem(pb, ph);
       if (sub.P == 0 || sub.Q == 0) continue;
       // One sample of a dense convolution writes its product straight into
@@ -291,15 +334,23 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
   const int64_t G = pb.groups;
   const auto w_t = weight_phases.transpose(2, 3);  // (T, G, C/G*R*S, K/G)
   const auto plan = plan_batch(pb);
-  for_each_block(pb, plan, [&](int64_t, int64_t n0, int64_t n1) {
+  // Chunks of phases (BatchPlan) sum into one gradient each, chunk 0 into
+  // grad_input itself; the others are added to it in chunk order at the end.
+  const auto others =
+      plan.by_phases
+          ? empty_large({plan.chunks - 1, pb.N, pb.C, pb.H, pb.W}, grad_output.options())
+          : at::Tensor();
+  std::vector<char> written(plan.chunks, 0);  // entry c: chunk c's own thread's
+  for_each_block(pb, plan, [&](int64_t chunk, int64_t n0, int64_t n1, int64_t ph0, int64_t ph1) {
     auto scratch = patch_scratch(pb, plan, grad_output);
+    auto target = chunk == 0 ? grad_input : others.select(0, chunk - 1);
     const int64_t count = n1 - n0;
-    for (int64_t ph = 0; ph < pb.phase_count(); ++ph) {
+    for (int64_t ph = ph0; ph < ph1; ++ph) {
       const auto sub = phase_problem(pb, ph);
       if (sub.P == 0 || sub.Q == 0) continue;
       const auto g = phase_columns(pb, grad_output, ph, n0, count);
       if (patches_are_input(sub, count)) {  // the product is the gradient itself
-        auto dx = grad_input.select(0, n0).view({G, pb.group_in_channels(), pb.H * pb.W});
+        auto dx = target.select(0, n0).view({G, pb.group_in_channels(), pb.H * pb.W});
         grouped_mm(dx, w_t.select(0, ph), g);
         continue;
       }
@@ -320,12 +371,17 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
       // Entry (row, column) of the patch matrix: col[row*ld + column*column_stride].
       const int64_t ld = transposed ? 1 : columns, column_stride = transposed ? col.size(2) : 1;
       AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "cnnkit_col2im", [&] {
-        col2im(col.const_data_ptr<scalar_t>(),
-               grad_input.select(0, n0).mutable_data_ptr<scalar_t>(), sub, ld,
-               /*accumulate=*/ph > 0, column_stride, count);
+        col2im(col.const_data_ptr<scalar_t>(), target.select(0, n0).mutable_data_ptr<scalar_t>(),
+               sub, ld, /*accumulate=*/written[chunk], column_stride, count);
       });
+      written[chunk] = 1;
     }
   });
+  // Chunk 0 holds phase 0, which covers the most locations: with any output
+  // at all, it has written grad_input.
+  for (int64_t c = 1; c < plan.chunks; ++c) {
+    if (written[c]) grad_input.add_(others.select(0, c - 1));
+  }
   return grad_input;
 }
 
@@ -333,35 +389,39 @@ at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_
                                 const at::Tensor& input) {
   const int64_t G = pb.groups, Kg = pb.group_out_channels(), T = pb.phase_count();
   const auto plan = plan_batch(pb);
-  // One partial sum per chunk of blocks, added in chunk order below. A
-  // chunk's first block of a phase writes its product (beta = 0) instead of
-  // adding to zeros: no pass to zero the buffer, no read of those zeros;
-  // slices no block wrote are zeroed at the end.
-  auto partial = empty_large({plan.chunks, T, G, Kg, pb.patch_size()}, input.options());
-  std::vector<char> written(plan.chunks * T, 0);  // entry (chunk, phase): its own thread's
+  // One partial sum per chunk of blocks, added in chunk order below (chunks
+  // of phases write disjoint phases of one). A chunk's first block of a phase
+  // writes its product (beta = 0) instead of adding to zeros: no pass to zero
+  // the buffer, no read of those zeros; slices no block wrote are zeroed at
+  // the end.
+  const int64_t partials = plan.by_phases ? 1 : plan.chunks;
+  auto partial = empty_large({partials, T, G, Kg, pb.patch_size()}, input.options());
+  std::vector<char> written(partials * T, 0);  // entry (partial, phase): one thread's
   if (pb.N > 0) {
-    for_each_block(pb, plan, [&](int64_t chunk, int64_t n0, int64_t n1) {
+    for_each_block(pb, plan, [&](int64_t chunk, int64_t n0, int64_t n1, int64_t ph0,
+                                 int64_t ph1) {
       auto scratch = patch_scratch(pb, plan, input);
-      for (int64_t ph = 0; ph < T; ++ph) {
+      const int64_t sum = plan.by_phases ? 0 : chunk;
+      for (int64_t ph = ph0; ph < ph1; ++ph) {
         const auto sub = phase_problem(pb, ph);
         if (sub.P == 0 || sub.Q == 0) continue;
         const auto g = phase_columns(pb, grad_output, ph, n0, n1 - n0);
         const auto col_t = patches(sub, input, n0, n1 - n0, scratch).transpose(1, 2);
-        auto acc = partial.select(0, chunk).select(0, ph);
-        char& first = written[chunk * T + ph];
+        auto acc = partial.select(0, sum).select(0, ph);
+        char& first = written[sum * T + ph];
         grouped_mm(acc, g, col_t, /*accumulate=*/first);
         first = 1;
       }
     });
   }
-  for (int64_t c = 0; c < plan.chunks; ++c) {
+  for (int64_t c = 0; c < partials; ++c) {
     for (int64_t ph = 0; ph < T; ++ph) {
       if (!written[c * T + ph]) partial.select(0, c).select(0, ph).zero_();
     }
   }
   auto grad_weight = partial.select(0, 0);
-  for (int64_t c = 1; c < plan.chunks; ++c) grad_weight.add_(partial.select(0, c));
-  return plan.chunks == 1 ? grad_weight : grad_weight.clone();
+  for (int64_t c = 1; c < partials; ++c) grad_weight.add_(partial.select(0, c));
+  return partials == 1 ? grad_weight : grad_weight.clone();
 }
 
 // Per channel k: row sums first, sums[a][q] += G[n, k, p, q] over n and the
