@@ -139,6 +139,9 @@ CONV_PROBLEMS = [
     # runs of strided input columns longer than the short-run copies.
     ConvProblem("stride2_wide_rows", N=2, C=3, K=4, H=7, W=21, kernel=3, stride=2,
                 padding=(1, 2), dilation=(1, 2)),
+    # 3 samples of 24x24 outputs: more patch columns than one block of the CPU
+    # engine takes (1024), so blocks of samples run on both threads.
+    ConvProblem("several_blocks", N=3, C=2, K=3, H=24, W=24, kernel=3, padding=1),
 ]
 
 # Explicit (top, bottom, left, right) padding, which only the dispatcher ops
@@ -670,6 +673,16 @@ TILED_PROBLEMS = [
     # still streamed, one full vector of float.
     TiledProblem("narrow_phases_16", N=4, C=2, K=17, H=4, W=4, kernel=3, padding=1, tiles=2,
                  bias=False),
+    # Phases of 20x20 locations in 3 samples: several blocks of samples.
+    TiledProblem("several_blocks", N=3, C=2, K=3, H=40, W=40, kernel=3, padding=1, tiles=2),
+    # 64 channels and long phase rows: the CPU engine's tap products
+    # (conv2d.cpp), with phases of unequal extent (41 rows by 2x2 tiles),
+    # several blocks of samples, and stride, dilation and 2x3 tiles.
+    TiledProblem("tap_products", N=2, C=64, K=5, H=41, W=40, kernel=3, padding=1, tiles=2),
+    TiledProblem("tap_products_blocks", N=3, C=64, K=3, H=56, W=56, kernel=3, padding=1,
+                 tiles=2, bias=False),
+    TiledProblem("tap_products_strided", N=1, C=64, K=3, H=80, W=150, kernel=3, stride=2,
+                 padding=2, dilation=2, tiles=(2, 3)),
 ]
 
 # Tiny problems for gradcheck / gradgradcheck (finite differences over every
