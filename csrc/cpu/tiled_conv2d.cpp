@@ -1,7 +1,8 @@
 // Tiled convolution on the CPU, SPEC 1.4: the ops of conv_ops.h over the dense
-// engine of conv2d.h, which runs once per tile phase with that phase's kernel.
-// Patches are unfolded once per phase (together once per output location), as
-// for a dense convolution.
+// engine of conv2d.h, which runs once per tile phase with that phase's kernel:
+// over patches unfolded once per phase (together once per output location),
+// as for a dense convolution, or, on large images, over shifted views of the
+// input's polyphase components (conv2d.cpp's tap products).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
