@@ -401,75 +401,34 @@ at::Tensor tap_weights(const Conv2dProblem& pb, const at::Tensor& weight_phases)
       .contiguous();
 }
 
-// The polyphase components of samples [n0, n0 + count) of the zero-padded
-// input, (Sh*Sw, C, ld): component alpha*Sw + beta, row c, column
-// (i*Hc + y)*Wc + x holds padded input [n0 + i, c, y*Sh + alpha, x*Sw + beta].
-template <typename T>
-void split_components(const Conv2dProblem& pb, const TapGeometry& geo, const T* input,
-                      int64_t count, T* comps) {
-  const int64_t HW = pb.H * pb.W, ld = geo.ld(count);
-  at::parallel_for(0, pb.C, grain_for(geo.Sh * geo.Sw * ld), [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t alpha = 0; alpha < geo.Sh; ++alpha) {
-        for (int64_t beta = 0; beta < geo.Sw; ++beta) {
-          T* row = comps + ((alpha * geo.Sw + beta) * pb.C + c) * ld;
-          const ValidRange xs = valid_outputs(pb.W, geo.Wc, geo.Sw, pb.pad_w, beta);
-          for (int64_t i = 0; i < count; ++i) {
-            const T* plane = input + (i * pb.C + c) * HW;
-            for (int64_t y = 0; y < geo.Hc; ++y) {
-              T* d = row + (i * geo.Hc + y) * geo.Wc;
-              const int64_t ih = y * geo.Sh + alpha - pb.pad_h;
-              if (ih < 0 || ih >= pb.H) {
-                std::fill(d, d + geo.Wc, T(0));
-                continue;
-              }
-              std::fill(d, d + xs.lo, T(0));
-              gather_strided(d + xs.lo, plane + ih * pb.W + xs.lo * geo.Sw + beta - pb.pad_w,
-                             xs.hi - xs.lo, geo.Sw);
-              std::fill(d + xs.hi, d + geo.Wc, T(0));
-            }
-          }
-          std::fill(row + geo.columns(count), row + ld, T(0));
-        }
-      }
-    }
-  });
+// Splitting the padded input into its components is im2col (im2col.h) of the
+// convolution with kernel (Sh, Sw) at stride (Sh, Sw), undilated, over Hc x Wc
+// outputs: its patch row (c, alpha, beta), column (i*Hc + y)*Wc + x, is padded
+// input [i, c, y*Sh + alpha, x*Sw + beta]. The windows do not overlap, so
+// col2im of the same problem puts each component entry back in its place
+// (the input locations no component holds get zero).
+Conv2dProblem component_problem(const Conv2dProblem& pb, const TapGeometry& geo) {
+  Conv2dProblem window = pb;
+  window.R = window.stride_h = geo.Sh;
+  window.S = window.stride_w = geo.Sw;
+  window.dilation_h = window.dilation_w = 1;
+  window.P = geo.Hc;
+  window.Q = geo.Wc;
+  window.tile_h = window.tile_w = 1;
+  return window;
 }
 
-// The adjoint's inverse: grad_input[n0 + i, c, ih, iw] = the component entry
-// of padded location (ih + pad_h, iw + pad_w), or zero where no component
-// column holds it (rows or columns no output reads).
-template <typename T>
-void merge_components(const Conv2dProblem& pb, const TapGeometry& geo, const T* comps,
-                      int64_t count, T* grad_input) {
-  const int64_t HW = pb.H * pb.W, ld = geo.ld(count);
-  at::parallel_for(0, count * pb.C, grain_for(HW), [&](int64_t t0, int64_t t1) {
-    for (int64_t task = t0; task < t1; ++task) {  // task = i*C + c
-      const int64_t i = task / pb.C, c = task % pb.C;
-      T* plane = grad_input + task * HW;
-      for (int64_t ih = 0; ih < pb.H; ++ih) {
-        T* dst = plane + ih * pb.W;
-        const int64_t y = (ih + pb.pad_h) / geo.Sh, alpha = (ih + pb.pad_h) % geo.Sh;
-        std::fill(dst, dst + pb.W, T(0));
-        if (y >= geo.Hc) continue;
-        for (int64_t beta = 0; beta < geo.Sw; ++beta) {
-          const ValidRange xs = valid_outputs(pb.W, geo.Wc, geo.Sw, pb.pad_w, beta);
-          const T* src =
-              comps + ((alpha * geo.Sw + beta) * pb.C + c) * ld + (i * geo.Hc + y) * geo.Wc;
-          scatter_strided(dst + xs.lo * geo.Sw + beta - pb.pad_w, src + xs.lo, xs.hi - xs.lo,
-                          geo.Sw);
-        }
-      }
-    }
-  });
-}
-
+// The components of samples [n0, n0 + count) of the zero-padded input, as a
+// (C, Sh*Sw, ld) tensor: row c of component alpha*Sw + beta is
+// [c][alpha*Sw + beta], and the columns past geo.columns(count) are the zero
+// slack.
 at::Tensor components(const Conv2dProblem& pb, const TapGeometry& geo, const at::Tensor& input,
                       int64_t n0, int64_t count) {
-  auto comps = at::empty({geo.Sh * geo.Sw, pb.C, geo.ld(count)}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit_split_components", [&] {
-    split_components(pb, geo, input.select(0, n0).const_data_ptr<scalar_t>(), count,
-                     comps.mutable_data_ptr<scalar_t>());
+  auto comps = at::empty({pb.C, geo.Sh * geo.Sw, geo.ld(count)}, input.options());
+  comps.narrow(2, geo.columns(count), geo.slack).zero_();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit_components", [&] {
+    im2col(input.select(0, n0).const_data_ptr<scalar_t>(), comps.mutable_data_ptr<scalar_t>(),
+           component_problem(pb, geo), geo.ld(count), count);
   });
   return comps;
 }
@@ -490,7 +449,7 @@ at::Tensor tap_phase_columns(const Conv2dProblem& pb, const TapGeometry& geo,
 
 // The (C, columns) view of a component that tap `tap` reads.
 at::Tensor shifted(const at::Tensor& comps, const Tap& tap, int64_t columns) {
-  return comps.select(0, tap.component).narrow(1, tap.shift, columns);
+  return comps.select(1, tap.component).narrow(1, tap.shift, columns);
 }
 
 at::Tensor tap_forward(const Conv2dProblem& pb, const at::Tensor& input,
@@ -535,7 +494,7 @@ at::Tensor tap_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_ou
   const auto taps = tap_weights(pb, weight_phases);
   for_each_block(pb, plan, [&](int64_t, int64_t n0, int64_t n1, int64_t ph0, int64_t ph1) {
     const int64_t count = n1 - n0, columns = geo.columns(count);
-    auto comps = at::zeros({geo.Sh * geo.Sw, pb.C, geo.ld(count)}, grad_output.options());
+    auto comps = at::zeros({pb.C, geo.Sh * geo.Sw, geo.ld(count)}, grad_output.options());
     for (int64_t t = ph0; t < ph1; ++t) {
       const ConvPhase ph = conv_phase(pb, t);
       if (ph.P_a == 0 || ph.Q_b == 0) continue;
@@ -548,8 +507,9 @@ at::Tensor tap_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_ou
       }
     }
     AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "cnnkit_merge_components", [&] {
-      merge_components(pb, geo, comps.const_data_ptr<scalar_t>(), count,
-                       grad_input.select(0, n0).mutable_data_ptr<scalar_t>());
+      col2im(comps.const_data_ptr<scalar_t>(),
+             grad_input.select(0, n0).mutable_data_ptr<scalar_t>(), component_problem(pb, geo),
+             geo.ld(count), /*accumulate=*/false, /*column_stride=*/1, count);
     });
   });
   return grad_input;
