@@ -79,7 +79,7 @@ Conv2dProblem phase_problem(const Conv2dProblem& pb, int64_t phase) {
 struct BatchPlan {
   int64_t block, blocks, chunks;
   bool by_phases;
-  std::vector<int64_t> phase_bounds;  // chunks + 1 entries
+  std::vector<int64_t> phase_bounds;  // chunks + 1 entries when by_phases
 };
 
 constexpr int64_t kTargetColumns = 1024;
@@ -121,10 +121,7 @@ BatchPlan plan_batch(const Conv2dProblem& pb, int64_t sample_columns = 0,
     }
     return {block, blocks, threads, true, std::move(bounds)};
   }
-  const int64_t chunks = (threads > 1 && blocks >= threads) ? threads : 1;
-  std::vector<int64_t> bounds(chunks + 1, T);
-  bounds[0] = 0;
-  return {block, blocks, chunks, false, std::move(bounds)};
+  return {block, blocks, (threads > 1 && blocks >= threads) ? threads : 1, false, {}};
 }
 
 // fn(chunk, n0, n1, ph0, ph1) for every block [n0, n1) of samples and its
@@ -314,6 +311,22 @@ void store_phase_columns(const Conv2dProblem& pb, at::Tensor& t, int64_t phase, 
         pb, phase, n0, count, patch_column_layout(pb, phase), t.mutable_data_ptr<scalar_t>(),
         columns.const_data_ptr<scalar_t>());
   });
+}
+
+// The sum over chunks of per-chunk partial sums (chunks, T, ...) whose entry
+// (c, t) holds something only where written[c*T + t]: unwritten slices are
+// zeroed, then the chunks are added to chunk 0 in order, so the result does
+// not depend on thread timing. Returns chunk 0's slice (a view).
+at::Tensor sum_chunk_partials(at::Tensor& partial, const std::vector<char>& written) {
+  const int64_t chunks = partial.size(0), T = partial.size(1);
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int64_t t = 0; t < T; ++t) {
+      if (!written[c * T + t]) partial[c][t].zero_();
+    }
+  }
+  auto sum = partial.select(0, 0);
+  for (int64_t c = 1; c < chunks; ++c) sum.add_(partial.select(0, c));
+  return sum;
 }
 
 // ------------------------------------------------------------- tap products
@@ -550,14 +563,10 @@ at::Tensor tap_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
       }
     });
   }
-  for (int64_t c = 0; c < plan.chunks; ++c) {
-    for (int64_t t = 0; t < T; ++t) {
-      if (!written[c * T + t]) partial[c][t].zero_();
-    }
-  }
-  auto sum = partial.select(0, 0);
-  for (int64_t c = 1; c < plan.chunks; ++c) sum.add_(partial.select(0, c));
-  return sum.permute({0, 3, 4, 1, 2}).contiguous().view({T, 1, pb.K, pb.patch_size()});
+  return sum_chunk_partials(partial, written)
+      .permute({0, 3, 4, 1, 2})
+      .contiguous()
+      .view({T, 1, pb.K, pb.patch_size()});
 }
 
 }  // namespace
@@ -685,13 +694,7 @@ at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_
       }
     });
   }
-  for (int64_t c = 0; c < partials; ++c) {
-    for (int64_t ph = 0; ph < T; ++ph) {
-      if (!written[c * T + ph]) partial.select(0, c).select(0, ph).zero_();
-    }
-  }
-  auto grad_weight = partial.select(0, 0);
-  for (int64_t c = 1; c < partials; ++c) grad_weight.add_(partial.select(0, c));
+  auto grad_weight = sum_chunk_partials(partial, written);
   return partials == 1 ? grad_weight : grad_weight.clone();
 }
 
