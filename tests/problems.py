@@ -139,6 +139,10 @@ CONV_PROBLEMS = [
     # runs of strided input columns longer than the short-run copies.
     ConvProblem("stride2_wide_rows", N=2, C=3, K=4, H=7, W=21, kernel=3, stride=2,
                 padding=(1, 2), dilation=(1, 2)),
+    # Stride 2 with runs of 32 strided input columns: the vector copy of even
+    # columns (im2col.h) takes whole vectors and then a full-length masked
+    # tail, in float (16 lanes) and double (8).
+    ConvProblem("stride2_vector_rows", N=1, C=2, K=3, H=5, W=65, kernel=3, stride=2),
     # 3 samples of 24x24 outputs: more patch columns than one block of the CPU
     # engine takes (1024), so blocks of samples run on both threads.
     ConvProblem("several_blocks", N=3, C=2, K=3, H=24, W=24, kernel=3, padding=1),

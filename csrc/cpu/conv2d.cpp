@@ -70,12 +70,16 @@ Conv2dProblem phase_problem(const Conv2dProblem& pb, int64_t phase) {
 // kTargetColumns columns and the weights are read once per block, not once
 // per sample), and `chunks` parallel tasks. Normally a chunk is a contiguous
 // range of blocks and does every phase of them. When the whole batch is one
-// block and there are many tile phases (4x4 tiles on a small image), a chunk
-// is instead a contiguous range of phases, [phase_bounds[c], phase_bounds[c+1]),
+// block and there are at least as many tile phases as threads, a chunk is
+// instead a contiguous range of phases, [phase_bounds[c], phase_bounds[c+1]),
 // of that block: each thread then runs its phases from unfolding to product to
-// store without meeting the other, where splitting every phase's steps over
-// the threads cost two or three parallel regions per phase (about 150 per
-// fwd+bwd for 16 phases).
+// store without meeting the other, with single-threaded BLAS like the blocks
+// of a dense convolution. Splitting every phase's steps over the threads cost
+// two or three parallel regions per phase (about 150 per fwd+bwd for 4x4
+// tiles' 16 phases), and with 2x2 tiles on 7x7 to 28x28 images it ran
+// 2 to 18% slower per pass (measured in alternating single calls, median of
+// 15 pairs: 4x128x28x28 input gradient 0.88-0.90 of the time, 4x512x14x14
+// input gradient 0.89, 4x512x7x7 weight gradient 0.82).
 struct BatchPlan {
   int64_t block, blocks, chunks;
   bool by_phases;
@@ -89,6 +93,13 @@ constexpr int64_t kTargetColumns = 1024;
 // kWeightReadColumns columns of products (a few columns per phase make
 // the product a stream over the weight).
 constexpr int64_t kWeightReadColumns = 16;
+
+// Phase ranges are used with fewer than 4 phases per thread only when no
+// range has more than (1 + 1/kPhaseRangeExcess) of an equal share of the
+// work (2x2 tiles on 7x7: 144 against 130), since a thread with more phases
+// than the other would leave it idle; 1x3 tiles on two threads (2 phases
+// against 1) keep the phases' steps split over the threads.
+constexpr int64_t kPhaseRangeExcess = 8;
 
 // `sample_columns`: the product columns of one sample in one phase (by
 // default those of the patch matrix of phase 0); `phase_chunks`: whether
@@ -104,7 +115,7 @@ BatchPlan plan_batch(const Conv2dProblem& pb, int64_t sample_columns = 0,
   if (threads > 1 && blocks >= threads) blocks = ceil_div(blocks, threads) * threads;
   const int64_t block = ceil_div(N, std::min(blocks, N));
   blocks = ceil_div(N, block);
-  if (phase_chunks && threads > 1 && blocks == 1 && T >= 4 * threads) {
+  if (phase_chunks && threads > 1 && blocks == 1 && T >= threads) {
     // Contiguous phase ranges of about equal work.
     std::vector<int64_t> work(T + 1, 0);  // work[t]: phases [0, t)
     for (int64_t t = 0; t < T; ++t) {
@@ -113,13 +124,22 @@ BatchPlan plan_batch(const Conv2dProblem& pb, int64_t sample_columns = 0,
     }
     std::vector<int64_t> bounds(threads + 1, T);
     bounds[0] = 0;
-    for (int64_t c = 1; c < threads; ++c) {
-      const int64_t target = work[T] * c / threads;
-      int64_t t = bounds[c - 1];
-      while (t < T && work[t] < target) ++t;
-      bounds[c] = t;
+    int64_t largest = 0;  // the most work in one range
+    for (int64_t c = 1; c <= threads; ++c) {
+      if (c < threads) {
+        const int64_t target = work[T] * c / threads;
+        int64_t t = bounds[c - 1];
+        while (t < T && work[t] < target) ++t;
+        bounds[c] = t;
+      }
+      largest = std::max(largest, work[bounds[c]] - work[bounds[c - 1]]);
     }
-    return {block, blocks, threads, true, std::move(bounds)};
+    // Many phases always split well enough (the largest range exceeds an
+    // equal share by at most one phase, a quarter of the share or less).
+    const bool even = kPhaseRangeExcess * threads * largest <= (kPhaseRangeExcess + 1) * work[T];
+    if (T >= 4 * threads || even) {
+      return {block, blocks, threads, true, std::move(bounds)};
+    }
   }
   return {block, blocks, (threads > 1 && blocks >= threads) ? threads : 1, false, {}};
 }
