@@ -16,6 +16,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/macros/Macros.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -115,12 +116,52 @@ void scatter_run(T* __restrict d, const T* __restrict x, int64_t n, Stride strid
   for (int64_t i = 0; i < n; ++i) d[i * stride] = x[i];
 }
 
+// d[2*i] = x[i] for i in [0, n), n >= 1, leaving the odd elements of d as
+// they are. With AVX-512, each vector of x is paired with itself
+// (x0 x0 x1 x1 ...) and stored under a mask of the even lanes: masked-off
+// lanes are not written at all, so a thread storing another tile phase into
+// the same rows (the odd columns) is not disturbed. The compiler's loop,
+// like the gather's, only vectorises whole vectors, so 14-element runs were
+// stored one by one (measured on 4x128x28x28 with 2x2 tiles, forward: the
+// store of the phases' products took 15% as many profile samples as the
+// products themselves, now 9.5%).
+template <typename T>
+C10_ALWAYS_INLINE void scatter_stride2(T* __restrict d, const T* __restrict x, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t L = Vec::size();
+    constexpr uint32_t kEvenLanes = L == 16 ? 0x5555u : 0x55u;
+    // The even lanes among the first 2m - 1, which hold x's next m elements.
+    const auto even_lanes = [](int64_t m) { return kEvenLanes & ((1u << (2 * m - 1)) - 1u); };
+    const auto store = [](T* dst, const Vec& v, uint32_t mask) {
+      if constexpr (std::is_same_v<T, float>) {
+        _mm512_mask_storeu_ps(dst, static_cast<__mmask16>(mask), v);
+      } else {
+        _mm512_mask_storeu_pd(dst, static_cast<__mmask8>(mask), v);
+      }
+    };
+    for (int64_t i = 0; i < n; i += L) {
+      const int64_t m = std::min(L, n - i), low = std::min(m, L / 2);
+      const Vec v = Vec::loadu(x + i, m);
+      const auto pairs = at::vec::interleave2(v, v);  // x[i .. i+L/2), x[i+L/2 .. i+L)
+      store(d + 2 * i, pairs.first, even_lanes(low));
+      if (m > low) store(d + 2 * i + L, pairs.second, even_lanes(m - low));
+    }
+    return;
+  }
+#endif
+  scatter_run(d, x, n, std::integral_constant<int64_t, 2>{});
+}
+
 template <typename T>
 void scatter_strided(T* d, const T* x, int64_t n, int64_t stride) {
   if (n <= kShortRun) {
     for (int64_t i = 0; i < n; ++i) d[i * stride] = x[i];
   } else if (stride == 1) {
     std::memcpy(d, x, sizeof(T) * n);
+  } else if (stride == 2) {
+    scatter_stride2(d, x, n);
   } else {
     with_static_stride(stride, [&](auto s) { scatter_run(d, x, n, s); });
   }
