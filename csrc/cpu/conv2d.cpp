@@ -381,6 +381,8 @@ struct TapGeometry {
   int64_t slack;   // zero columns after the last sample: the largest shift
   int64_t columns(int64_t count) const { return count * Hc * Wc; }
   int64_t ld(int64_t count) const { return columns(count) + slack; }
+  // Where a phase's locations sit in the components' columns.
+  ColumnLayout layout() const { return {Hc * Wc, Wc}; }
 };
 
 TapGeometry tap_geometry(const Conv2dProblem& pb) {
@@ -474,7 +476,7 @@ at::Tensor tap_phase_columns(const Conv2dProblem& pb, const TapGeometry& geo,
   auto g = at::zeros({pb.K, geo.columns(count)}, grad_output.options());
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "cnnkit_tap_phase_columns", [&] {
     copy_phase_locations</*kToMatrix=*/true, scalar_t>(
-        pb, phase, n0, count, {geo.Hc * geo.Wc, geo.Wc}, grad_output.const_data_ptr<scalar_t>(),
+        pb, phase, n0, count, geo.layout(), grad_output.const_data_ptr<scalar_t>(),
         g.mutable_data_ptr<scalar_t>());
   });
   return g;
@@ -512,7 +514,7 @@ at::Tensor tap_forward(const Conv2dProblem& pb, const at::Tensor& input,
       if (bias_phases.defined()) z.add_(bias_phases.select(0, t).view({pb.K, 1}));
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit_tap_store", [&] {
         copy_phase_locations</*kToMatrix=*/false, scalar_t>(
-            pb, t, n0, count, {geo.Hc * geo.Wc, geo.Wc}, output.mutable_data_ptr<scalar_t>(),
+            pb, t, n0, count, geo.layout(), output.mutable_data_ptr<scalar_t>(),
             z.const_data_ptr<scalar_t>());
       });
     }
