@@ -167,11 +167,19 @@ void scatter_strided(T* d, const T* x, int64_t n, int64_t stride) {
   }
 }
 
-// d[i * d_step] += x[i * x_step] for i in [0, n) (vectorised when both steps are 1).
+// d[i * d_step] += x[i * x_step] for i in [0, n). With both steps 1, in
+// vectors with a masked last step: the compiler's loop only covers whole
+// vectors, so the 14-element runs col2im adds for a 2x2 tile phase on 28x28
+// were added element by element (measured, 4x128x28x28 with 2x2 tiles, input
+// gradient in alternating single calls: 0.92 of the time).
 template <typename T>
 void add_run(T* __restrict d, int64_t d_step, const T* __restrict x, int64_t x_step, int64_t n) {
   if (d_step == 1 && x_step == 1) {
-    for (int64_t i = 0; i < n; ++i) d[i] += x[i];
+    using Vec = at::vec::Vectorized<T>;
+    constexpr int64_t L = Vec::size();
+    int64_t i = 0;
+    for (; i + L <= n; i += L) (Vec::loadu(d + i) + Vec::loadu(x + i)).store(d + i);
+    if (i < n) (Vec::loadu(d + i, n - i) + Vec::loadu(x + i, n - i)).store(d + i, n - i);
   } else {
     for (int64_t i = 0; i < n; ++i) d[i * d_step] += x[i * x_step];
   }
