@@ -207,9 +207,33 @@ void interleave_run(T* __restrict row, const T* __restrict phases, int64_t phase
   }
 }
 
+// Stride 2 in vectors: phases 0 and 1 at i..i+L become row[2i, 2i + 2L) by
+// one interleave (at::vec::interleave2), the last step masked. The compiler's
+// loop moved the 28-element rows of 2x2 tile phases on 28x28 element by
+// element.
+template <typename T>
+void interleave_stride2(T* __restrict row, const T* __restrict phases, int64_t phase_ld,
+                        int64_t width, bool accumulate) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t L = Vec::size();
+  for (int64_t i = 0; 2 * i < width; i += L) {
+    const int64_t n = std::min(2 * L, width - 2 * i);  // row elements in this step
+    const int64_t low = std::min(n, L), high = n - low;
+    auto pair = at::vec::interleave2(Vec::loadu(phases + i, (n + 1) / 2),
+                                     Vec::loadu(phases + phase_ld + i, n / 2));
+    if (accumulate) {
+      pair.first = pair.first + Vec::loadu(row + 2 * i, low);
+      if (high > 0) pair.second = pair.second + Vec::loadu(row + 2 * i + L, high);
+    }
+    pair.first.store(row + 2 * i, low);
+    if (high > 0) pair.second.store(row + 2 * i + L, high);
+  }
+}
+
 template <typename T>
 void interleave_row(T* row, const T* phases, int64_t phase_ld, int64_t width, int64_t stride,
                     bool accumulate) {
+  if (stride == 2) return interleave_stride2(row, phases, phase_ld, width, accumulate);
   with_static_stride(stride, [&](auto s) {
     interleave_run(row, phases, phase_ld, width, s, accumulate);
   });
