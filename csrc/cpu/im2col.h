@@ -210,7 +210,8 @@ void interleave_run(T* __restrict row, const T* __restrict phases, int64_t phase
 // Stride 2 in vectors: phases 0 and 1 at i..i+L become row[2i, 2i + 2L) by
 // one interleave (at::vec::interleave2), the last step masked. The compiler's
 // loop moved the 28-element rows of 2x2 tile phases on 28x28 element by
-// element.
+// element (measured, 4x128x28x28 with 2x2 tiles, input gradient in
+// alternating single calls: 0.97 of the time).
 template <typename T>
 void interleave_stride2(T* __restrict row, const T* __restrict phases, int64_t phase_ld,
                         int64_t width, bool accumulate) {

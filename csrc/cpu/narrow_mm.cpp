@@ -85,8 +85,8 @@ void right_rows(const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t 
 // to 16 columns) a core did one k per 4 cycles, about half the rate a sum
 // streams the weight at; 8 rows (8 concurrent row streams of A) keep twice as
 // many multiply-adds in flight (measured on 4x512x7x7 with 4x4 tiles,
-// forward, one thread: 27-31 -> 17-18 ms; two threads, alternating single
-// calls: 0.93 of the time).
+// forward: one thread, 27-31 ms before and 17-25 ms after in runs minutes
+// apart; two threads, alternating single calls of both, 0.93 of the time).
 template <typename T>
 void narrow_right(const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, int64_t m,
                   int64_t l, int64_t n) {
