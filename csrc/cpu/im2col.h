@@ -278,7 +278,7 @@ inline std::vector<int32_t> tap_offsets(const Conv2dProblem& pb, int64_t count,
 // padding fills, a copy call per run of 1 to 7 elements) that dominated the
 // unfolding of such rows. Measured in alternating single calls against the
 // run-by-run copy, forward and weight gradient (both unfold): 4x4 tiles on
-// 4x512x7x7 and 4x256x28x28/s2 (rows of 1 or 2 locations) 0.82 and 0.90-0.93
+// 4x512x7x7 and 4x256x28x28/s2 (rows of 1 to 4 locations) 0.82 and 0.90-0.93
 // of the time, 4x4 tiles on 4x128x28x28 and 2x2 tiles on 4x256x14x14 (rows
 // of 7) 0.83-0.95, a dense 4x512x7x7 convolution 0.93 and 0.89; rows of 14
 // (2x2 tiles on 28x28, stride-2 runs the vector copy takes) were 1.07x
@@ -365,7 +365,7 @@ template <typename T>
 void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accumulate,
             int64_t column_stride = 1, int64_t count = 1) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
-  if (pb.Q <= kIndexedRowLength) {
+  if (pb.Q <= kIndexedRowLength && HW <= std::numeric_limits<int32_t>::max()) {
     const auto offsets = tap_offsets(pb, 1, 0);  // [(r*S + s) * P*Q + p*Q + q]
     at::parallel_for(0, count * pb.C, grain_for(RS * PQ), [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
