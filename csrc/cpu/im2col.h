@@ -335,6 +335,34 @@ void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld, int64_t cou
   });
 }
 
+// col2im (below) of an output with short rows, by index, as im2col_indexed
+// unfolds them: each patch row of a (sample, channel) task is added into the
+// plane at the tap's offsets, in the same order as the run-by-run fold
+// (measured in alternating single calls against it, input gradient: 4x4
+// tiles on 4x512x7x7 and 4x256x28x28/s2 0.81 and 0.82 of the time, 4x4 tiles
+// on 4x128x28x28 0.92, 2x2 tiles on 4x256x14x14 0.88, a dense 4x512x7x7
+// convolution 0.99).
+template <typename T>
+void col2im_indexed(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accumulate,
+                    int64_t column_stride, int64_t count) {
+  const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
+  const auto offsets = tap_offsets(pb, 1, 0);  // [(r*S + s) * P*Q + p*Q + q]
+  at::parallel_for(0, count * pb.C, grain_for(RS * PQ), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t i = task / pb.C, c = task % pb.C;
+      T* xc = dx + task * HW;
+      if (!accumulate) std::fill(xc, xc + HW, T(0));
+      for (int64_t rs = 0; rs < RS; ++rs) {
+        const T* src = col + (c * RS + rs) * ld + i * PQ * column_stride;
+        const int32_t* tap = offsets.data() + rs * PQ;
+        for (int64_t j = 0; j < PQ; ++j) {
+          if (tap[j] >= 0) xc[tap[j]] += src[j * column_stride];
+        }
+      }
+    }
+  });
+}
+
 // dx[c][ih][iw] = sum of col entries that im2col copied from (c, ih, iw):
 // the adjoint of im2col; added to dx when `accumulate`, else dx is overwritten.
 // One (sample, channel) plane per task, so no two tasks write the same
@@ -354,34 +382,14 @@ void im2col(const T* x, T* col, const Conv2dProblem& pb, int64_t ld, int64_t cou
 // It holds `count` samples side by side as im2col writes them; their
 // gradients are consecutive in dx.
 //
-// Output rows of at most kIndexedRowLength locations are folded by index, as
-// im2col_indexed unfolds them: each patch row of a (sample, channel) task is
-// added into the plane at the tap's offsets, in the same order as the runs
-// (measured in alternating single calls against the run-by-run fold, input
-// gradient: 4x4 tiles on 4x512x7x7 and 4x256x28x28/s2 0.81 and 0.82 of the
-// time, 4x4 tiles on 4x128x28x28 0.92, 2x2 tiles on 4x256x14x14 0.88, a
-// dense 4x512x7x7 convolution 0.99).
+// Output rows of at most kIndexedRowLength locations are folded by index
+// (col2im_indexed, above).
 template <typename T>
 void col2im(const T* col, T* dx, const Conv2dProblem& pb, int64_t ld, bool accumulate,
             int64_t column_stride = 1, int64_t count = 1) {
   const int64_t RS = pb.R * pb.S, PQ = pb.P * pb.Q, HW = pb.H * pb.W;
   if (pb.Q <= kIndexedRowLength && HW <= std::numeric_limits<int32_t>::max()) {
-    const auto offsets = tap_offsets(pb, 1, 0);  // [(r*S + s) * P*Q + p*Q + q]
-    at::parallel_for(0, count * pb.C, grain_for(RS * PQ), [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t i = task / pb.C, c = task % pb.C;
-        T* xc = dx + task * HW;
-        if (!accumulate) std::fill(xc, xc + HW, T(0));
-        for (int64_t rs = 0; rs < RS; ++rs) {
-          const T* src = col + (c * RS + rs) * ld + i * PQ * column_stride;
-          const int32_t* tap = offsets.data() + rs * PQ;
-          for (int64_t j = 0; j < PQ; ++j) {
-            if (tap[j] >= 0) xc[tap[j]] += src[j * column_stride];
-          }
-        }
-      }
-    });
-    return;
+    return col2im_indexed(col, dx, pb, ld, accumulate, column_stride, count);
   }
   const int64_t stride = pb.stride_w, phase_width = ceil_div(pb.W, stride);
   const bool by_phases = stride >= 2 && stride <= 4 && RS * PQ >= 2 * HW;
