@@ -679,6 +679,10 @@ TILED_PROBLEMS = [
                  bias=False),
     # Phases of 20x20 locations in 3 samples: several blocks of samples.
     TiledProblem("several_blocks", N=3, C=2, K=3, H=40, W=40, kernel=3, padding=1, tiles=2),
+    # Phases of 12x12 locations in 3 samples, one block: with two threads
+    # each gets at least 128 columns per phase, so the CPU input gradient
+    # splits the samples (2 and 1), not the phases, over them.
+    TiledProblem("sample_chunks", N=3, C=3, K=4, H=24, W=24, kernel=3, padding=1, tiles=2),
     # 64 channels and long phase rows: the CPU engine's tap products
     # (conv2d.cpp), with phases of unequal extent (41 rows by 2x2 tiles),
     # several blocks of samples, and stride, dilation and 2x3 tiles.

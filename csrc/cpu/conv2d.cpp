@@ -103,14 +103,16 @@ constexpr int64_t kPhaseRangeExcess = 8;
 
 // `sample_columns`: the product columns of one sample in one phase (by
 // default those of the patch matrix of phase 0); `phase_chunks`: whether
-// chunks of phases may be used.
+// chunks of phases may be used; `min_blocks`: cut the batch into at least
+// this many blocks (as far as it has samples).
 BatchPlan plan_batch(const Conv2dProblem& pb, int64_t sample_columns = 0,
-                     int64_t target_columns = kTargetColumns, bool phase_chunks = true) {
+                     int64_t target_columns = kTargetColumns, bool phase_chunks = true,
+                     int64_t min_blocks = 1) {
   const auto sub = phase_problem(pb, 0);
   const int64_t N = std::max<int64_t>(1, pb.N), threads = at::get_num_threads();
   const int64_t T = pb.phase_count();
   const int64_t columns = std::max<int64_t>(1, sample_columns > 0 ? sample_columns : sub.P * sub.Q);
-  int64_t blocks = ceil_div(N * columns, target_columns);
+  int64_t blocks = std::max(ceil_div(N * columns, target_columns), min_blocks);
   // Enough blocks for every thread to get the same number of samples.
   if (threads > 1 && blocks >= threads) blocks = ceil_div(blocks, threads) * threads;
   const int64_t block = ceil_div(N, std::min(blocks, N));
@@ -142,6 +144,31 @@ BatchPlan plan_batch(const Conv2dProblem& pb, int64_t sample_columns = 0,
     }
   }
   return {block, blocks, (threads > 1 && blocks >= threads) ? threads : 1, false, {}};
+}
+
+// The input gradient's plan. Its chunks of phases each sum into a gradient of
+// their own, added together at the end (a second input-sized buffer, written,
+// read and added); chunks of samples write disjoint samples of one gradient,
+// but each reads every phase's weight. So the samples are split over the
+// threads instead of the phases when each thread still gets at least
+// kSampleChunkColumns product columns per phase, enough that the extra
+// weight reads cost less than the extra gradient (measured in alternating
+// single calls, input gradient, new/old time: 2x2 tiles on 4x128x28x28 0.83,
+// 4x256x28x28 -> 512 0.97, 4x128x56x56 at stride 2 0.67; 4x4 tiles on
+// 4x64x56x56 0.86; with 98 columns per thread, 4x4 tiles on 4x128x28x28
+// 0.90 but 2x2 tiles on 4x256x14x14 and 4x512x14x14 1.06 and 1.02; with 32
+// and 8, 2x2 and 4x4 tiles on 4x512x7x7, 1.38 and 1.34).
+constexpr int64_t kSampleChunkColumns = 128;
+
+BatchPlan plan_input_backward_batch(const Conv2dProblem& pb) {
+  auto plan = plan_batch(pb);
+  const int64_t threads = plan.chunks;
+  const auto sub = phase_problem(pb, 0);
+  if (plan.by_phases && pb.N >= threads &&
+      pb.N / threads * sub.P * sub.Q >= kSampleChunkColumns) {
+    plan = plan_batch(pb, 0, kTargetColumns, /*phase_chunks=*/false, /*min_blocks=*/threads);
+  }
+  return plan;
 }
 
 // fn(chunk, n0, n1, ph0, ph1) for every block [n0, n1) of samples and its
@@ -631,7 +658,7 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
   }
   const int64_t G = pb.groups;
   const auto w_t = weight_phases.transpose(2, 3);  // (T, G, C/G*R*S, K/G)
-  const auto plan = plan_batch(pb);
+  const auto plan = plan_input_backward_batch(pb);
   // Chunks of phases (BatchPlan) sum into one gradient each, chunk 0 into
   // grad_input itself; the others are added to it in chunk order at the end.
   const auto others =
