@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
-from run import conv_call, tiled_conv2d_per_phase, tiled_operands  # noqa: E402
+from run import conv_call, make_step, tiled_conv2d_per_phase, tiled_operands  # noqa: E402
 from suites import SUITES  # noqa: E402
 
 import cnnkit.functional as CF  # noqa: E402
@@ -49,11 +49,8 @@ def seconds(fn) -> float:
 
 
 def fwd_bwd(call, operands, grad):
-    leaves = [t.detach().requires_grad_() for t in operands]
-
-    def step():
-        torch.autograd.grad(call(*leaves), leaves, grad)
-    return step
+    """run.py's timed fwd+bwd statement on leaf copies of the operands."""
+    return make_step(call, [t.detach().requires_grad_() for t in operands], grad)
 
 
 def products(layer, batch):
