@@ -7,6 +7,11 @@ Environment:
   TORCH_CUDA_ARCH_LIST     target architectures (default "8.0;9.0": A100, H100/H200)
   CNNKIT_CXX_ARCH          host code generation flag (default -march=native)
   MAX_JOBS                 parallel compile jobs (ninja)
+  CNNKIT_EMULATION         build cnnkit._C_emu instead of cnnkit._C: the CUDA sources
+                           compiled as host C++ against csrc/emulation/ (make emulate).
+                           "fibers": a block's threads as fibers (fast; the test suite);
+                           "asan" / "tsan": as OS threads, built with AddressSanitizer +
+                           UndefinedBehaviorSanitizer / ThreadSanitizer (make emulate-sanitize)
 """
 import glob
 import os
@@ -99,8 +104,55 @@ print(
     file=sys.stderr,
 )
 
-setup(
-    ext_modules=[
+EMULATION_FLAGS = {
+    "fibers": ["-O2"],
+    "asan": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+             "-fno-sanitize-recover=undefined", "-DCNNKIT_EMULATION_THREADS"],
+    "tsan": ["-O1", "-g", "-fsanitize=thread", "-DCNNKIT_EMULATION_THREADS"],
+}
+
+
+def emulated_extension(mode):
+    """cnnkit._C_emu: csrc/cuda/*.cu compiled unchanged as host C++. Each .cu
+    is included by a generated one-line .cpp (the compiler picks the language
+    from the file name); csrc/emulation/include stands in for the toolkit's
+    headers."""
+    if mode not in EMULATION_FLAGS:
+        sys.exit(f"CNNKIT_EMULATION={mode!r}: expected one of {', '.join(EMULATION_FLAGS)}")
+    wrappers = os.path.join(ROOT, "build", "emulation-sources")
+    os.makedirs(wrappers, exist_ok=True)
+    units = []
+    for cu in sorted(glob.glob("csrc/cuda/*.cu")):
+        unit = os.path.join(wrappers, os.path.basename(cu)[:-3] + ".cpp")
+        text = f'#include "cuda/{os.path.basename(cu)}"\n'
+        if not os.path.exists(unit) or open(unit).read() != text:
+            with open(unit, "w") as f:
+                f.write(text)
+        units.append(os.path.relpath(unit, ROOT))
+    flags = EMULATION_FLAGS[mode]
+    print(f"cnnkit emulated CUDA build ({mode}): {' '.join(flags)}, {len(units)} kernel files",
+          file=sys.stderr)
+    return CppExtension(
+        "cnnkit._C_emu",
+        ["csrc/emulation/module.cpp", "csrc/emulation/runtime.cpp", "csrc/problem.cpp"] + units,
+        include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "emulation", "include")],
+        define_macros=[("CNNKIT_EMULATED_CUDA", None)],
+        extra_compile_args={"cxx": flags + ["-Wno-unknown-pragmas"]},
+        extra_link_args=[f for f in flags if f.startswith("-fsanitize")],
+    )
+
+
+emulation = os.environ.get("CNNKIT_EMULATION")
+options = {}
+if emulation:
+    ext_modules = [emulated_extension(emulation)]
+    # Objects apart from cnnkit._C's (problem.cpp is compiled for both); the
+    # sanitizer builds' modules apart too (build/emulation-<mode>/lib/cnnkit/),
+    # loaded by tools/sanitize_emulation.py only.
+    options = {"build_ext": {"build_temp": f"build/emulation-{emulation}/temp",
+                             "build_lib": f"build/emulation-{emulation}/lib"}}
+else:
+    ext_modules = [
         extension(
             "cnnkit._C",
             sources,
@@ -109,6 +161,10 @@ setup(
             extra_compile_args=extra_compile_args,
             extra_link_args=["-fopenmp"],
         )
-    ],
+    ]
+
+setup(
+    ext_modules=ext_modules,
+    options=options,
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

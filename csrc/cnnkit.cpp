@@ -1,18 +1,16 @@
-// Module init and every op schema, in one place.
+// Module init of cnnkit._C and the library torch.ops.cnnkit.
 //
-// Ops are dispatcher ops `torch.ops.cnnkit.*`. Kernels register themselves at
-// the bottom of their own files (csrc/cpu/*.cpp for CPU, csrc/cuda/*.cu for
-// CUDA); fake kernels for torch.compile live in cnnkit/_fake.py and autograd in
-// cnnkit/_autograd.py.
-//
-// Padding arguments named `padding` in the convolution ops take 2 entries
-// (top = bottom, left = right) or 4 (top, bottom, left, right): 'same' with an
-// even kernel pads one more at the bottom/right.
+// Ops are dispatcher ops `torch.ops.cnnkit.*`, their schemas in csrc/schemas.h.
+// Kernels register themselves at the bottom of their own files (csrc/cpu/*.cpp
+// for CPU, csrc/cuda/*.cu for CUDA); fake kernels for torch.compile live in
+// cnnkit/_fake.py and autograd in cnnkit/_autograd.py.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/extension.h>
 #include <torch/library.h>
 
 #include <string>
+
+#include "schemas.h"
 
 #ifdef CNNKIT_WITH_CUDA
 #include <cuda.h>  // CUDA_VERSION
@@ -58,58 +56,7 @@ void register_missing_cuda_kernels() {
 }  // namespace
 }  // namespace cnnkit
 
-TORCH_LIBRARY(cnnkit, m) {
-  // Convolution (SPEC 1.1, 1.2).
-  m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[] padding, "
-        "int[2] dilation, int groups) -> Tensor");
-  m.def("conv2d_input_backward(Tensor grad_output, Tensor weight, int[2] input_size, "
-        "int[2] stride, int[] padding, int[2] dilation, int groups) -> Tensor");
-  m.def("conv2d_weight_backward(Tensor grad_output, Tensor input, int[2] kernel_size, "
-        "int[2] stride, int[] padding, int[2] dilation, int groups) -> Tensor");
-  m.def("conv2d_bias_backward(Tensor grad_output) -> Tensor");
-  m.def("conv_transpose2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
-        "int[2] padding, int[2] output_padding, int groups, int[2] dilation) -> Tensor");
-
-  // Unshared (locally connected) convolution (SPEC 1.3): weight
-  // (C_out, OH, OW, C_in/g, kH, kW), bias (C_out, OH, OW).
-  m.def("local_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[] padding, "
-        "int[2] dilation, int groups) -> Tensor");
-  m.def("local_conv2d_input_backward(Tensor grad_output, Tensor weight, int[2] input_size, "
-        "int[2] stride, int[] padding, int[2] dilation, int groups) -> Tensor");
-  m.def("local_conv2d_weight_backward(Tensor grad_output, Tensor input, int[2] kernel_size, "
-        "int[2] stride, int[] padding, int[2] dilation, int groups) -> Tensor");
-  m.def("local_conv2d_bias_backward(Tensor grad_output) -> Tensor");
-
-  // Tiled convolution (SPEC 1.4): weight (C_out, C_in/g, kH, kW, tH, tW), bias
-  // (C_out, tH, tW); the tiles are read from the weight's shape.
-  m.def("tiled_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[] padding, "
-        "int[2] dilation, int groups) -> Tensor");
-  m.def("tiled_conv2d_input_backward(Tensor grad_output, Tensor weight, int[2] input_size, "
-        "int[2] stride, int[] padding, int[2] dilation, int groups) -> Tensor");
-  m.def("tiled_conv2d_weight_backward(Tensor grad_output, Tensor input, int[2] kernel_size, "
-        "int[2] tiles, int[2] stride, int[] padding, int[2] dilation, int groups) -> Tensor");
-  m.def("tiled_conv2d_bias_backward(Tensor grad_output, int[2] tiles) -> Tensor");
-
-  // Pooling (SPEC 1.5). Max pools return (values, indices); indices are flat
-  // positions h * W + w within each input plane, as in PyTorch. The max pool
-  // backward serves max_pool2d and adaptive_max_pool2d alike.
-  m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
-        "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
-  m.def("max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices) -> Tensor");
-  m.def("avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
-        "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
-  m.def("avg_pool2d_backward(Tensor grad_output, Tensor input, int[2] kernel_size, "
-        "int[2] stride, int[2] padding, bool ceil_mode, bool count_include_pad, "
-        "int? divisor_override) -> Tensor");
-  m.def("adaptive_max_pool2d(Tensor input, int[2] output_size) -> (Tensor, Tensor)");
-  m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
-  m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
-  // Channel max pool returns (values, indices); indices are the input channel
-  // holding each maximum.
-  m.def("channel_max_pool(Tensor input, int pool_size) -> (Tensor, Tensor)");
-  m.def("channel_max_pool_backward(Tensor grad_output, Tensor input, Tensor indices, "
-        "int pool_size) -> Tensor");
-}
+TORCH_LIBRARY(cnnkit, m) { cnnkit::define_ops(m); }
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "cnnkit compiled kernels; the ops are registered as torch.ops.cnnkit.*";

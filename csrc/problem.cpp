@@ -28,9 +28,20 @@ std::string dtype_name(c10::ScalarType dtype) {
   }
 }
 
+// The CUDA kernels take float16 and bfloat16 too; so do their emulation on
+// CPU tensors (this file compiled into cnnkit._C_emu).
+static bool runs_cuda_kernels(const at::Tensor& t) {
+#if defined(CNNKIT_EMULATED_CUDA)
+  (void)t;
+  return true;
+#else
+  return t.is_cuda();
+#endif
+}
+
 void check_dtype(const char* fn, const char* arg, const at::Tensor& t) {
   const auto dtype = t.scalar_type();
-  if (t.is_cuda()) {
+  if (runs_cuda_kernels(t)) {
     TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
                     dtype == at::kBFloat16,
                 fn, ": expected ", arg, " of dtype torch.float32, torch.float64, torch.float16 or ",

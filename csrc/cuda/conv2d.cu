@@ -232,7 +232,7 @@ __global__ void sum_slices_kernel(const acc_t<scalar_t>* __restrict__ partial,
 void sum_slices(const at::Tensor& partial, at::Tensor& out, int64_t slices, int64_t count) {
   CNNKIT_DISPATCH_CUDA_FLOATING(out.scalar_type(), "cnnkit_sum_slices", [&] {
     CNNKIT_DISPATCH_INDEX(fits_int32({slices * count}), [&] {
-      sum_slices_kernel<scalar_t, index_t><<<grid_for(count), kThreads, 0, current_stream()>>>(
+      CNNKIT_LAUNCH(grid_for(count), kThreads, 0, current_stream(), sum_slices_kernel<scalar_t, index_t>)(
           partial.const_data_ptr<acc_t<scalar_t>>(), out.mutable_data_ptr<scalar_t>(),
           static_cast<int>(slices), count);
       CNNKIT_CHECK_LAUNCH();
@@ -989,7 +989,7 @@ void launch_gemm(Kernel kernel, Args args, int64_t m_tiles, int64_t n_tiles, int
     args.z_offset = static_cast<int>(z0);
     const dim3 grid(static_cast<unsigned>(blocks), 1,
                     static_cast<unsigned>(std::min<int64_t>(65535, gemms - z0)));
-    kernel<<<grid, kGemmThreads, 0, current_stream()>>>(args);
+    CNNKIT_LAUNCH(grid, kGemmThreads, 0, current_stream(), kernel)(args);
     CNNKIT_CHECK_LAUNCH();
   }
 }
@@ -1230,8 +1230,7 @@ void depthwise_forward(const Geometry& geo, const at::Tensor& input, const at::T
   const int64_t total = output.numel();
   CNNKIT_DISPATCH_CUDA_FLOATING(input.scalar_type(), "cnnkit_depthwise_forward", [&] {
     CNNKIT_DISPATCH_INDEX(fits_int32({input.numel(), output.numel(), weight.numel()}), [&] {
-      depthwise_forward_kernel<scalar_t, index_t><<<grid_for(total), kThreads, 0,
-                                                    current_stream()>>>(
+      CNNKIT_LAUNCH(grid_for(total), kThreads, 0, current_stream(), depthwise_forward_kernel<scalar_t, index_t>)(
           input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
           bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
           output.mutable_data_ptr<scalar_t>(), geo, total);
@@ -1246,8 +1245,7 @@ void depthwise_input_backward(const Geometry& geo, const at::Tensor& grad_output
   CNNKIT_DISPATCH_CUDA_FLOATING(grad_output.scalar_type(), "cnnkit_depthwise_input_backward", [&] {
     CNNKIT_DISPATCH_INDEX(fits_int32({grad_output.numel(), grad_input.numel(), weight.numel()}),
                           [&] {
-      depthwise_input_backward_kernel<scalar_t, index_t><<<grid_for(total), kThreads, 0,
-                                                           current_stream()>>>(
+      CNNKIT_LAUNCH(grid_for(total), kThreads, 0, current_stream(), depthwise_input_backward_kernel<scalar_t, index_t>)(
           grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
           grad_input.mutable_data_ptr<scalar_t>(), geo, total);
       CNNKIT_CHECK_LAUNCH();
@@ -1267,7 +1265,7 @@ void depthwise_weight_backward(const Geometry& geo, const at::Tensor& grad_outpu
   CNNKIT_DISPATCH_CUDA_FLOATING(input.scalar_type(), "cnnkit_depthwise_weight_backward", [&] {
     CNNKIT_DISPATCH_INDEX(fits_int32({grad_output.numel(), input.numel()}), [&] {
       const dim3 grid(static_cast<unsigned>(outputs), static_cast<unsigned>(slices));
-      depthwise_weight_backward_kernel<scalar_t, index_t><<<grid, kThreads, 0, current_stream()>>>(
+      CNNKIT_LAUNCH(grid, kThreads, 0, current_stream(), depthwise_weight_backward_kernel<scalar_t, index_t>)(
           grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
           partial.mutable_data_ptr<acc_t<scalar_t>>(), geo);
       CNNKIT_CHECK_LAUNCH();
@@ -1417,7 +1415,7 @@ at::Tensor conv_bias_backward(const at::Tensor& grad_output, int64_t tile_h, int
   CNNKIT_DISPATCH_CUDA_FLOATING(g.scalar_type(), "cnnkit_conv_bias_backward", [&] {
     CNNKIT_DISPATCH_INDEX(fits_int32({g.numel()}), [&] {
       const dim3 grid(static_cast<unsigned>(outputs), static_cast<unsigned>(slices));
-      bias_backward_kernel<scalar_t, index_t><<<grid, kThreads, 0, current_stream()>>>(
+      CNNKIT_LAUNCH(grid, kThreads, 0, current_stream(), bias_backward_kernel<scalar_t, index_t>)(
           g.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t<scalar_t>>(), args);
       CNNKIT_CHECK_LAUNCH();
     });
@@ -1428,6 +1426,6 @@ at::Tensor conv_bias_backward(const at::Tensor& grad_output, int64_t tile_h, int
 
 }  // namespace cnnkit::cuda
 
-TORCH_LIBRARY_IMPL(cnnkit, CUDA, m) {
+TORCH_LIBRARY_IMPL(CNNKIT_CUDA_LIBRARY, CNNKIT_CUDA_DISPATCH_KEY, m) {
   CNNKIT_REGISTER_CONV2D_OPS(m, cnnkit::cuda::Backend);
 }

@@ -910,7 +910,7 @@ void launch_tiles(Args& args, int64_t m_size, int64_t groups, unsigned int slice
     for (int64_t g0 = 0; g0 < groups; g0 += kMaxGridZ) {
       args.group_offset = g0;
       const auto count = static_cast<unsigned int>(std::min(kMaxGridZ, groups - g0));
-      kernel<<<dim3(blocks, slices, count), Shape::kThreads, 0, current_stream()>>>(args);
+      CNNKIT_LAUNCH(dim3(blocks, slices, count), Shape::kThreads, 0, current_stream(), kernel)(args);
       CNNKIT_CHECK_LAUNCH();
     }
   });
@@ -921,7 +921,7 @@ void launch_tiles(Args& args, int64_t m_size, int64_t groups, unsigned int slice
 void forward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& input,
                    const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
   check_tensor_core_problem(pb, input);
-  c10::cuda::CUDAGuard guard(input.device());
+  DeviceScope scope(input);
   const ConvPhase phase = conv_phase(pb, t);
   const int64_t M = pb.N * phase.P_a * phase.Q_b, Kg = pb.group_out_channels();
   if (M == 0 || Kg == 0) return;
@@ -963,7 +963,7 @@ void forward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& input,
 void input_backward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& grad_output,
                           const at::Tensor& weight, at::Tensor& grad_input_acc) {
   check_tensor_core_problem(pb, grad_output);
-  c10::cuda::CUDAGuard guard(grad_output.device());
+  DeviceScope scope(grad_output);
   const ConvPhase phase = conv_phase(pb, t);
   const int64_t M = pb.N * pb.H * pb.W, Cg = pb.group_in_channels();
   const int64_t Kg = pb.group_out_channels(), reduction = Kg * pb.R * pb.S;
@@ -1009,7 +1009,7 @@ void input_backward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& 
 void weight_backward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& grad_output,
                            const at::Tensor& input, at::Tensor& grad_weight) {
   check_tensor_core_problem(pb, input);
-  c10::cuda::CUDAGuard guard(input.device());
+  DeviceScope scope(input);
   TORCH_INTERNAL_ASSERT(grad_weight.is_contiguous() &&
                         grad_weight.scalar_type() == input.scalar_type() &&
                         grad_weight.numel() == pb.K * pb.patch_size());
@@ -1053,7 +1053,7 @@ void weight_backward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor&
                                 return conv_weight_backward_tc_kernel<scalar_t, Shape,
                                                                       decltype(index)>;
                               });
-          sum_slices_kernel<scalar_t><<<grid_for(count), kThreads, 0, current_stream()>>>(
+          CNNKIT_LAUNCH(grid_for(count), kThreads, 0, current_stream(), sum_slices_kernel<scalar_t>)(
               partial.const_data_ptr<float>(), slices, count,
               grad_weight.mutable_data_ptr<scalar_t>());
           CNNKIT_CHECK_LAUNCH();

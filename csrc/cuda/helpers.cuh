@@ -6,17 +6,28 @@
 // dtype dispatch -> launch on the current stream -> CNNKIT_CHECK_LAUNCH().
 #pragma once
 
+//
+// The same sources also build as host C++ for the emulated backend
+// (csrc/emulation/, CNNKIT_EMULATED_CUDA): what differs between the two
+// builds -- kernel launches, dynamic shared memory, the device guard and
+// stream, the library the kernels register in -- is spelled through the
+// macros and functions below, never with CUDA's own syntax in a kernel file.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#if defined(CNNKIT_EMULATED_CUDA)
+#include "emulation/cuda_emulation.h"
+#else
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
 #include <cuda_runtime.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -47,6 +58,33 @@ CNNKIT_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, TYPE, NAME, \
                                   __VA_ARGS__)
 
+#if defined(CNNKIT_EMULATED_CUDA)
+
+// The emulated kernels register as torch.ops.cnnkit_emu.* for CPU tensors;
+// a bad launch throws from the launch itself.
+#define CNNKIT_CUDA_LIBRARY cnnkit_emu
+#define CNNKIT_CUDA_DISPATCH_KEY CPU
+#define CNNKIT_CHECK_LAUNCH() ((void)0)
+
+struct DeviceScope {
+  explicit DeviceScope(const at::Tensor&) {}
+};
+
+inline cudaStream_t current_stream() { return nullptr; }
+
+#else
+
+#define CNNKIT_CUDA_LIBRARY cnnkit
+#define CNNKIT_CUDA_DISPATCH_KEY CUDA
+
+// kernel<<<grid, block, shared_bytes, stream>>>(args...), spelled
+// CNNKIT_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...).
+#define CNNKIT_LAUNCH(GRID, BLOCK, SHARED, STREAM, ...) __VA_ARGS__<<<GRID, BLOCK, SHARED, STREAM>>>
+
+// The block's dynamic shared memory (the launch's third argument) as
+// `unsigned char NAME[]`, 16-byte aligned.
+#define CNNKIT_DYNAMIC_SHARED(NAME) extern __shared__ __align__(16) unsigned char NAME[]
+
 // After every launch: turns a launch error into a Python exception at once.
 #define CNNKIT_CHECK_LAUNCH() C10_CUDA_KERNEL_LAUNCH_CHECK()
 
@@ -57,15 +95,17 @@ struct DeviceScope {
   explicit DeviceScope(const at::Tensor& t) : guard(t.device()) {}
 };
 
+// ATen's CUDA context header is avoided on purpose: it pulls in the cuBLAS and
+// cuSPARSE headers, which a minimal toolkit lacks and no cnnkit kernel uses.
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+#endif
+
 // Allocation of large results (the CPU backends ask for huge pages; the CUDA
 // caching allocator needs nothing more).
 inline at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return at::empty(sizes, options);
 }
-
-// ATen's CUDA context header is avoided on purpose: it pulls in the cuBLAS and
-// cuSPARSE headers, which a minimal toolkit lacks and no cnnkit kernel uses.
-inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 // Streaming multiprocessors of the current device.
 inline int64_t multiprocessor_count() {
@@ -84,6 +124,12 @@ inline unsigned int grid_for(int64_t n, int threads = kThreads) {
   const int64_t cap = multiprocessor_count() * 32;
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min(wanted, cap)));
 }
+
+// A grid-stride launch of a kernel of kThreads threads over `n` items on the
+// current stream: CNNKIT_LAUNCH_OVER(n, kernel)(args...).
+#define CNNKIT_LAUNCH_OVER(N, ...) \
+  CNNKIT_LAUNCH(::cnnkit::cuda::grid_for(N), ::cnnkit::cuda::kThreads, 0, \
+                ::cnnkit::cuda::current_stream(), __VA_ARGS__)
 
 // Index arithmetic: 32-bit where every tensor involved has fewer than 2^31
 // elements (faster address math), 64-bit otherwise (SPEC 3). Kernels are

@@ -307,7 +307,7 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<scalar_t>)
                         const Conv2dProblem pb, const ForwardPlan plan) {
   using acc = acc_t<scalar_t>;
   constexpr int NB = 4 * TN, NBS = sample_stride<TN>();
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  CNNKIT_DYNAMIC_SHARED(shared_bytes);
   acc* const slabs = reinterpret_cast<acc*>(shared_bytes);
   acc* const window = slabs + kWarpPoints * plan.point_stride;
 
@@ -474,12 +474,10 @@ void launch_forward(const Conv2dProblem& pb, const scalar_t* x, const scalar_t* 
                     const scalar_t* b, scalar_t* out) {
   const auto plan = forward_plan<TN>(pb, sizeof(acc_t<scalar_t>));
   if (!plan) {
-    local_forward_direct<scalar_t>
-        <<<grid_for(pb.N * pb.K * pb.P * pb.Q), kThreads, 0, current_stream()>>>(x, w, b, out, pb);
+    CNNKIT_LAUNCH(grid_for(pb.N * pb.K * pb.P * pb.Q), kThreads, 0, current_stream(), local_forward_direct<scalar_t>)(x, w, b, out, pb);
   } else {
     const auto blocks = static_cast<unsigned int>(std::min(plan->tiles, kMaxBlocks));
-    local_forward_tiled<scalar_t, TN><<<blocks, kTileThreads, plan->shared_bytes,
-                                        current_stream()>>>(x, w, b, out, pb, *plan);
+    CNNKIT_LAUNCH(blocks, kTileThreads, plan->shared_bytes, current_stream(), local_forward_tiled<scalar_t, TN>)(x, w, b, out, pb, *plan);
   }
   CNNKIT_CHECK_LAUNCH();
 }
@@ -550,7 +548,7 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<scalar_t>)
                                const InputPlan plan) {
   using acc = acc_t<scalar_t>;
   constexpr int NB = 4 * TN, NBS = sample_stride<TN>();
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  CNNKIT_DYNAMIC_SHARED(shared_bytes);
   acc* const slabs = reinterpret_cast<acc*>(shared_bytes);
   acc* const window = slabs + kInputPixels * plan.point_stride;
   // runs[v] = first << 16 | count: the taps m' = first + [0, count) read
@@ -744,13 +742,11 @@ void launch_input_backward(const Conv2dProblem& pb, const scalar_t* g, const sca
                            scalar_t* grad_input) {
   const auto plan = input_plan<TN>(pb, sizeof(acc_t<scalar_t>));
   if (!plan) {
-    local_input_backward_direct<scalar_t>
-        <<<grid_for(pb.N * pb.C * pb.H * pb.W), kThreads, 0, current_stream()>>>(g, w, grad_input,
+    CNNKIT_LAUNCH(grid_for(pb.N * pb.C * pb.H * pb.W), kThreads, 0, current_stream(), local_input_backward_direct<scalar_t>)(g, w, grad_input,
                                                                                  pb);
   } else {
     const auto blocks = static_cast<unsigned int>(std::min(plan->tiles, kMaxBlocks));
-    local_input_backward_tiled<scalar_t, TN><<<blocks, kTileThreads, plan->shared_bytes,
-                                               current_stream()>>>(g, w, grad_input, pb, *plan);
+    CNNKIT_LAUNCH(blocks, kTileThreads, plan->shared_bytes, current_stream(), local_input_backward_tiled<scalar_t, TN>)(g, w, grad_input, pb, *plan);
   }
   CNNKIT_CHECK_LAUNCH();
 }
@@ -781,7 +777,7 @@ __global__ void __launch_bounds__(kTileThreads, tile_blocks_per_sm<scalar_t>)
                                 scalar_t* __restrict__ grad_weight, const Conv2dProblem pb,
                                 const WeightPlan plan) {
   using acc = acc_t<scalar_t>;
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  CNNKIT_DYNAMIC_SHARED(shared_bytes);
   // Offset of input row (c, r) of sample 0 in the input, -1 outside.
   int64_t* const row_offset = reinterpret_cast<int64_t*>(shared_bytes);
   acc* const grads = reinterpret_cast<acc*>(row_offset + plan.rows_max);
@@ -933,13 +929,11 @@ void launch_weight_backward(const Conv2dProblem& pb, const scalar_t* g, const sc
                             scalar_t* grad_weight) {
   const auto plan = weight_plan(pb, sizeof(acc_t<scalar_t>));
   if (!plan) {
-    local_weight_backward_direct<scalar_t>
-        <<<grid_for(pb.K * pb.P * pb.Q * pb.patch_size()), kThreads, 0, current_stream()>>>(
+    CNNKIT_LAUNCH(grid_for(pb.K * pb.P * pb.Q * pb.patch_size()), kThreads, 0, current_stream(), local_weight_backward_direct<scalar_t>)(
             g, x, grad_weight, pb);
   } else {
     const auto blocks = static_cast<unsigned int>(std::min(plan->tiles, kMaxBlocks));
-    local_weight_backward_tiled<scalar_t><<<blocks, kTileThreads, plan->shared_bytes,
-                                            current_stream()>>>(g, x, grad_weight, pb, *plan);
+    CNNKIT_LAUNCH(blocks, kTileThreads, plan->shared_bytes, current_stream(), local_weight_backward_tiled<scalar_t>)(g, x, grad_weight, pb, *plan);
   }
   CNNKIT_CHECK_LAUNCH();
 }
@@ -1015,7 +1009,7 @@ struct LocalBackend {
   static void local_bias_backward(const at::Tensor& g, at::Tensor& grad_bias) {
     const int64_t N = g.size(0), units = grad_bias.numel();
     CNNKIT_DISPATCH_CUDA_FLOATING(g.scalar_type(), "cnnkit_local_conv2d_bias_backward_cuda", [&] {
-      local_bias_backward_kernel<scalar_t><<<grid_for(units), kThreads, 0, current_stream()>>>(
+      CNNKIT_LAUNCH(grid_for(units), kThreads, 0, current_stream(), local_bias_backward_kernel<scalar_t>)(
           g.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), N, units);
       CNNKIT_CHECK_LAUNCH();
     });
@@ -1025,6 +1019,6 @@ struct LocalBackend {
 }  // namespace
 }  // namespace cnnkit::cuda
 
-TORCH_LIBRARY_IMPL(cnnkit, CUDA, m) {
+TORCH_LIBRARY_IMPL(CNNKIT_CUDA_LIBRARY, CNNKIT_CUDA_DISPATCH_KEY, m) {
   CNNKIT_REGISTER_LOCAL_CONV2D_OPS(m, cnnkit::cuda::LocalBackend);
 }

@@ -13,6 +13,6 @@
 #include "conv_ops.h"
 #include "cuda/conv2d.cuh"
 
-TORCH_LIBRARY_IMPL(cnnkit, CUDA, m) {
+TORCH_LIBRARY_IMPL(CNNKIT_CUDA_LIBRARY, CNNKIT_CUDA_DISPATCH_KEY, m) {
   CNNKIT_REGISTER_TILED_CONV2D_OPS(m, cnnkit::cuda::Backend);
 }

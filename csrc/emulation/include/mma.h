@@ -1,0 +1,3 @@
+// Stands in for the CUDA toolkit's <mma.h> in the emulated build (host C++).
+#pragma once
+#include "emulation/cuda_emulation.h"

@@ -1,0 +1,33 @@
+// cnnkit._C_emu: the CUDA kernels of csrc/cuda/, compiled as host C++ against
+// csrc/emulation/cuda_emulation.h, registered as torch.ops.cnnkit_emu.* for
+// CPU tensors with the schemas of torch.ops.cnnkit.*. For testing the CUDA
+// kernels where there is no GPU.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "emulation/runtime.h"
+#include "schemas.h"
+
+TORCH_LIBRARY(cnnkit_emu, m) { cnnkit::define_ops(m); }
+
+PYBIND11_MODULE(_C_emu, m) {
+  m.doc() =
+      "cnnkit's CUDA kernels run on the CPU by an emulation of the CUDA execution model; "
+      "registers torch.ops.cnnkit_emu.* (the schemas of torch.ops.cnnkit.*) for CPU tensors";
+#if defined(CNNKIT_EMULATION_THREADS)
+  m.attr("threads") = "os";
+#else
+  m.attr("threads") = "fibers";
+#endif
+  m.def(
+      "launch_statistics",
+      [] {
+        pybind11::dict out;
+        for (const auto& [name, count] : cnnkit::emulation::launch_statistics()) {
+          out[pybind11::str(name)] = pybind11::make_tuple(count.launches, count.blocks);
+        }
+        return out;
+      },
+      "{kernel: (launches, blocks)} since the module was loaded or last reset");
+  m.def("reset_launch_statistics", &cnnkit::emulation::reset_launch_statistics);
+}
