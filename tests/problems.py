@@ -715,3 +715,68 @@ GRADCHECK_TILED_PROBLEMS = [
     TiledProblem("gc_same_even_gt", N=1, C=1, K=2, H=3, W=2, kernel=2, padding="same",
                  tiles=(2, 3), bias=False),
 ]
+
+
+# ---- wide channels
+#
+# Channel counts past the column tiles of the CUDA GEMM kernels (64 or 128
+# output / input channels per block) and patches (C/groups * kH * kW) of
+# several 128-row tiles and many reduction steps: second and third column
+# tiles, 128-wide tiles, ragged last tiles. Spatial sizes stay tiny (N 1-2,
+# images 3x3 to 6x6) so that each call stays cheap on the emulated backend
+# (tests/test_emulated_cuda.py), which runs them in every dtype.
+
+WIDE_CONV_PROBLEMS = [
+    # 160 channels per group in and out: a 128-wide tile and a second one of
+    # 32 columns; weight-gradient patch of 1440 rows (12 row tiles).
+    ConvProblem("wide_160", N=2, C=160, K=160, H=4, W=4, kernel=3, padding=1),
+    # 256 in and out, stride 2: two full 128-wide column tiles.
+    ConvProblem("wide_256_stride2", N=1, C=256, K=256, H=6, W=6, kernel=3, stride=2, padding=1),
+    # 320 in and out, 1x1: three column tiles (128, 128, 64) and a weight-gradient
+    # patch of 320 rows (three row tiles), no taps.
+    ConvProblem("wide_320_1x1", N=2, C=320, K=320, H=5, W=5, kernel=1),
+    # Two groups of 160 input and 256 output channels, stride 2 with a 2x2 kernel:
+    # the column tiles of each group start at the group's offset.
+    ConvProblem("wide_groups2", N=2, C=320, K=512, H=6, W=6, kernel=2, stride=2, groups=2),
+    # 136 input and 200 output channels, multiples of 8 but not of 16: ragged
+    # second column tiles (8 and 72 columns) and taps that do not start a
+    # 16-channel run.
+    ConvProblem("wide_ragged", N=1, C=136, K=200, H=4, W=5, kernel=3, padding=1),
+]
+
+WIDE_CONV_TRANSPOSE_PROBLEMS = [
+    # 160 channels in and out, stride 2 with output_padding: the input-gradient
+    # GEMM with a second column tile; its backward runs conv2d (160 -> 160) and
+    # the weight gradient with x as grad_output.
+    ConvTransposeProblem("t_wide_160_stride2", N=2, C_in=160, C_out=160, H=3, W=3, kernel=3,
+                         stride=2, padding=1, output_padding=1),
+    # 256 in, 320 out, stride 1: column tiles of 128 (two full ones, then 64).
+    ConvTransposeProblem("t_wide_256_320", N=1, C_in=256, C_out=320, H=3, W=3, kernel=3,
+                         padding=1),
+    # Two groups of 256 input and 160 output channels, stride 2 with a 2x2 kernel.
+    ConvTransposeProblem("t_wide_groups2", N=2, C_in=512, C_out=320, H=3, W=3, kernel=2,
+                         stride=2, groups=2),
+]
+
+WIDE_TILED_PROBLEMS = [
+    # 160 channels in and out, tiles (2, 2): four phase GEMMs of 8 rows, each
+    # with a second column tile.
+    TiledProblem("wide_tiles_160", N=2, C=160, K=160, H=4, W=4, kernel=3, padding=1, tiles=2),
+    # 256 in and out, stride 2 with a 2x2 kernel, tiles (2, 2) on a 3x3 output
+    # (phases of unequal extent).
+    TiledProblem("wide_tiles_256_stride2", N=2, C=256, K=256, H=6, W=6, kernel=2, stride=2,
+                 tiles=2),
+    # Two groups of 320 input and 160 output channels, 1x1, tiles (2, 2).
+    TiledProblem("wide_tiles_groups2", N=2, C=640, K=320, H=4, W=4, kernel=1, groups=2, tiles=2),
+]
+
+# The CUDA-core GEMMs of float32 take their 128x128 tile only when it still
+# gives a full wave (two blocks per SM, 264 on an H100's 132 SMs): many rows
+# (pixels) as well as more than 64 columns. One channel per group on the other
+# side and a 1x1 kernel keep them cheap (4352 pixels, 2.8M products).
+FULL_WAVE_CONV_PROBLEMS = [
+    # Forward: 34 row tiles x 2 column tiles (160 output channels per group) x 4 groups.
+    ConvProblem("full_wave_forward", N=1, C=4, K=640, H=64, W=68, kernel=1, groups=4),
+    # Input gradient: the same tiles over 160 input channels per group.
+    ConvProblem("full_wave_input_gradient", N=1, C=640, K=4, H=64, W=68, kernel=1, groups=4),
+]
