@@ -699,7 +699,7 @@ struct WeightGradOperands {
   static constexpr int kBElems = Shape::BN / Shape::kWarps;
 
   const uint16_t* input;       // X at (sample 0, the group's first channel)
-  const uint16_t* grad;        // G at (sample 0, the group's first channel)
+  const uint16_t* grad;        // G at (sample 0, the block tile's first channel n0 of the group)
   const PatchRow<index_t>* rows;  // the block's A rows
   int64_t reduction;           // N*P_a*Q_b
   FastDivider phase_pixels;    // P_a*Q_b
@@ -826,7 +826,7 @@ __global__ void __launch_bounds__(Shape::kThreads, 2)
 
   WeightGradOperands<Shape, index_t> operands(
       args.input + static_cast<index_t>(g * Cg) * in_plane,
-      args.grad_output + static_cast<index_t>(g * Kg * pb.P * pb.Q), rows, pb, ph,
+      args.grad_output + static_cast<index_t>((g * Kg + n0) * pb.P * pb.Q), rows, pb, ph,
       args.phase_pixels, args.phase_columns, n0);
   const int64_t reduction = pb.N * ph.P_a * ph.Q_b;
   const int64_t k_begin = slice * args.steps_per_slice * Shape::BK;
