@@ -106,7 +106,9 @@ print(
 
 EMULATION_FLAGS = {
     "fibers": ["-O2"],
-    "asan": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+    # -fno-wrapv: Python's own flags make signed overflow wrap, which would
+    # hide it from UndefinedBehaviorSanitizer.
+    "asan": ["-O1", "-g", "-fno-wrapv", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
              "-fno-sanitize-recover=undefined", "-DCNNKIT_EMULATION_THREADS"],
     "tsan": ["-O1", "-g", "-fsanitize=thread", "-DCNNKIT_EMULATION_THREADS"],
 }
@@ -134,7 +136,8 @@ def emulated_extension(mode):
           file=sys.stderr)
     return CppExtension(
         "cnnkit._C_emu",
-        ["csrc/emulation/module.cpp", "csrc/emulation/runtime.cpp", "csrc/problem.cpp"] + units,
+        ["csrc/emulation/module.cpp", "csrc/emulation/runtime.cpp",
+         "csrc/emulation/selftest.cpp", "csrc/problem.cpp"] + units,
         include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "emulation", "include")],
         define_macros=[("CNNKIT_EMULATED_CUDA", None)],
         extra_compile_args={"cxx": flags + ["-Wno-unknown-pragmas"]},

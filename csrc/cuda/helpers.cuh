@@ -135,6 +135,10 @@ inline unsigned int grid_for(int64_t n, int threads = kThreads) {
 // elements (faster address math), 64-bit otherwise (SPEC 3). Kernels are
 // templated on the index type and the host picks one with this.
 inline bool fits_int32(std::initializer_list<int64_t> numels) {
+#if defined(CNNKIT_EMULATED_CUDA)
+  // Tests of the emulated backend run the 64-bit kernels on small tensors too.
+  if (::cnnkit::emulation::wide_indices()) return false;
+#endif
   for (int64_t n : numels) {
     if (n >= std::numeric_limits<int32_t>::max()) return false;
   }

@@ -31,6 +31,8 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include "emulation/runtime.h"
+
 #include <cmath>
 #include <cstddef>
 #include <cstdint>

@@ -8,6 +8,10 @@
 #include "emulation/runtime.h"
 #include "schemas.h"
 
+namespace cnnkit::emulation::selftest {
+void register_selftests(pybind11::module_& m);
+}
+
 TORCH_LIBRARY(cnnkit_emu, m) { cnnkit::define_ops(m); }
 
 PYBIND11_MODULE(_C_emu, m) {
@@ -30,4 +34,8 @@ PYBIND11_MODULE(_C_emu, m) {
       },
       "{kernel: (launches, blocks)} since the module was loaded or last reset");
   m.def("reset_launch_statistics", &cnnkit::emulation::reset_launch_statistics);
+  m.def("set_wide_indices", &cnnkit::emulation::set_wide_indices,
+        "when on, the host code takes its 64-bit index paths whatever the tensor sizes");
+  m.def("wide_indices", &cnnkit::emulation::wide_indices);
+  cnnkit::emulation::selftest::register_selftests(m);
 }

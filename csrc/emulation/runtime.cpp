@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -534,6 +535,13 @@ void device_error(const char* what) {
   }
   throw AbortBlock{};
 }
+
+namespace {
+std::atomic<bool> force_wide_indices{false};
+}  // namespace
+
+bool wide_indices() { return force_wide_indices.load(std::memory_order_relaxed); }
+void set_wide_indices(bool on) { force_wide_indices.store(on, std::memory_order_relaxed); }
 
 void set_max_dynamic_shared(const void* kernel, int bytes) {
   std::lock_guard<std::mutex> lock(registry_mutex);

@@ -1,5 +1,6 @@
-// Launch statistics of the emulator (runtime.cpp), read by the module
-// (module.cpp): which kernels ran, how often, over how many blocks.
+// What the emulator (runtime.cpp) offers the host side: launch statistics
+// (which kernels ran, how often, over how many blocks) and the switch to the
+// 64-bit index paths.
 #pragma once
 
 #include <cstdint>
@@ -16,5 +17,10 @@ struct LaunchCount {
 // Kernel (as its launch spells it, template arguments included) -> counts.
 std::map<std::string, LaunchCount> launch_statistics();
 void reset_launch_statistics();
+
+// When set, the host code takes its 64-bit index paths whatever the tensor
+// sizes (csrc/cuda/helpers.cuh's fits_int32), so small tests reach them.
+bool wide_indices();
+void set_wide_indices(bool on);
 
 }  // namespace cnnkit::emulation
