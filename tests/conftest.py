@@ -34,6 +34,20 @@ def pytest_configure(config):
                             "ignore:Using padding='same' with even kernel lengths:UserWarning")
 
 
+def pytest_terminal_summary(terminalreporter):
+    # What the emulated CUDA backend ran, when a test loaded it.
+    import sys
+    emulation = sys.modules.get("cnnkit._C_emu")
+    if emulation is None:
+        return
+    statistics = emulation.launch_statistics()
+    launches = sum(count for count, _ in statistics.values())
+    blocks = sum(count for _, count in statistics.values())
+    terminalreporter.write_line(
+        f"emulated CUDA: {launches} kernel launches of {len(statistics)} kernel "
+        f"instantiations, {blocks} blocks")
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     """"cpu", and "cuda" where a GPU is present."""

@@ -24,6 +24,8 @@ other test files) run in float64 on the same rounded values. Checked here:
 - determinism: forward and every backward op run twice give bit-identical
   results, on problems large enough that the weight- and bias-gradient
   reductions are split into slices;
+- the 64-bit index paths of the kernels (taken on a GPU for tensors of 2^31
+  elements or more) give the same results, switched on for small problems;
 - the emulated ops have the names and schemas of the cnnkit ops;
 - int and complex inputs are refused with the message of the CUDA build.
 
@@ -471,7 +473,7 @@ def test_emulated_ops_are_the_cnnkit_ops():
 @pytest.mark.parametrize("name,overload", sorted(CNNKIT_SCHEMAS),
                          ids=[name for name, _ in sorted(CNNKIT_SCHEMAS)])
 def test_emulated_schema(name, overload):
-    # Argument names, types, defaults and returns as in csrc/cnnkit.cpp, so
+    # Argument names, types, defaults and returns as in csrc/schemas.h, so
     # that every call of a cnnkit op is a valid call of its emulated twin.
     packet = getattr(emu, name)
     emulated = getattr(packet, overload or "default")._schema
@@ -544,3 +546,29 @@ def test_unsupported_dtype(name, argument, call, dtype):
     message = f"cnnkit.{name}: expected {argument} of dtype {CUDA_DTYPES}, but got {dtype}"
     with pytest.raises(RuntimeError, match=exact_message(message)):
         call(emu, Maker(dtype, "cpu"))
+
+
+# --------------------------------------------------------------------------- 6. 64-bit indices
+
+
+@pytest.fixture
+def wide_indices():
+    """The host code's 64-bit index paths for every tensor size (on a GPU they
+    are taken for tensors of 2^31 elements or more)."""
+    cnnkit._C_emu.set_wide_indices(True)
+    yield
+    cnnkit._C_emu.set_wide_indices(False)
+
+
+WIDE_INDEX_CASES = [pytest.param(family, pb, dtype, id=f"{family.name}-{pb.id}-{dtype_id(dtype)}")
+                    for family in FAMILIES for pb in family.problems
+                    for dtype in (torch.float32, torch.float16)]
+
+
+@pytest.mark.parametrize("family,pb,dtype", WIDE_INDEX_CASES)
+def test_64_bit_indices_match_float64_reference(family, pb, dtype, wide_indices):
+    # The kernels instantiated for int64 indices (pools, depthwise and bias
+    # kernels, the tensor-core GEMMs, the slice sums) on every problem.
+    got, want, _ = run_with_reference(family, pb, operands(family, pb, dtype))
+    found = mismatches(got, want, dtype)
+    assert not found, "\n".join(found)
