@@ -9,9 +9,9 @@ Environment:
   MAX_JOBS                 parallel compile jobs (ninja)
   CNNKIT_EMULATION         build cnnkit._C_emu instead of cnnkit._C: the CUDA sources
                            compiled as host C++ against csrc/emulation/ (make emulate).
-                           "fibers": a block's threads as fibers (fast; the test suite);
-                           "asan" / "tsan": as OS threads, built with AddressSanitizer +
-                           UndefinedBehaviorSanitizer / ThreadSanitizer (make emulate-sanitize)
+                           "fibers": the test suite's build; "asan" / "tsan": built with
+                           AddressSanitizer + UndefinedBehaviorSanitizer / ThreadSanitizer
+                           (make emulate-sanitize)
 """
 import glob
 import os
@@ -109,8 +109,8 @@ EMULATION_FLAGS = {
     # -fno-wrapv: Python's own flags make signed overflow wrap, which would
     # hide it from UndefinedBehaviorSanitizer.
     "asan": ["-O1", "-g", "-fno-wrapv", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-             "-fno-sanitize-recover=undefined", "-DCNNKIT_EMULATION_THREADS"],
-    "tsan": ["-O1", "-g", "-fsanitize=thread", "-DCNNKIT_EMULATION_THREADS"],
+             "-fno-sanitize-recover=undefined"],
+    "tsan": ["-O1", "-g", "-fsanitize=thread"],
 }
 
 

@@ -7,7 +7,10 @@ puts tests/ on sys.path and registers this file as the module `conftest`).
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,6 +18,17 @@ import pytest
 import torch
 
 CUDA_AVAILABLE = torch.cuda.is_available()
+
+# tools/sanitize_emulation.py runs the emulated suite on a sanitizer build of
+# cnnkit._C_emu: that module, loaded under its name before any test imports it.
+if os.environ.get("CNNKIT_EMULATION_MODULE"):
+    _spec = importlib.util.spec_from_file_location("cnnkit._C_emu",
+                                                   os.environ["CNNKIT_EMULATION_MODULE"])
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["cnnkit._C_emu"] = _module
+    _spec.loader.exec_module(_module)
+    import cnnkit
+    cnnkit._C_emu = _module
 
 # Marks of every CUDA test: selectable with -m cuda, skipped without a GPU.
 NEEDS_CUDA = [pytest.mark.cuda,
@@ -28,6 +42,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes several seconds (torch.compile); "
                             "deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "sanitize: the part of the emulated CUDA suite that "
+                            "tools/sanitize_emulation.py runs under the sanitizers")
     # ATen's note that its own 'same' convolution with an even kernel copies the
     # input: the references use it on purpose.
     config.addinivalue_line("filterwarnings",
@@ -36,7 +52,6 @@ def pytest_configure(config):
 
 def pytest_terminal_summary(terminalreporter):
     # What the emulated CUDA backend ran, when a test loaded it.
-    import sys
     emulation = sys.modules.get("cnnkit._C_emu")
     if emulation is None:
         return

@@ -592,6 +592,9 @@ LOCAL_PROBLEMS = [
     LocalProblem("remainders", N=5, C=19, K=17, H=7, W=9, kernel=3, padding=1),
     # Deep input channels: a long reduction (C*kH*kW = 288) against float64.
     LocalProblem("long_reduction", N=2, C=32, K=4, H=5, W=5, kernel=3, padding=1),
+    # A kernel row of 6200 taps: no shared-memory stage of the CUDA kernels fits
+    # 48 KiB, so forward, input and weight gradient take the direct kernels.
+    LocalProblem("kernel_row_6200", N=2, C=2, K=2, H=1, W=6201, kernel=(1, 6200)),
 ]
 
 TILED_PROBLEMS = [

@@ -292,7 +292,33 @@ def mismatches(got: dict, want: dict, dtype) -> list:
 # --------------------------------------------------------------------------- 1. against float64
 
 
-ACCURACY_CASES = [pytest.param(family, pb, dtype, id=f"{family.name}-{pb.id}-{dtype_id(dtype)}")
+# The cases tools/sanitize_emulation.py runs under AddressSanitizer and
+# ThreadSanitizer (mark "sanitize"): float32 and float16 (the CUDA-core and the
+# tensor-core kernels) on a few problems of each family that take every kernel
+# and tile shape: the wide ones, and those of LAYOUT_PROBLEMS below.
+SANITIZE_DTYPES = (torch.float32, torch.float16)
+SANITIZE_PROBLEMS = {
+    "conv2d": {"groups2", "stride2_dilation2", "wide_160", "wide_256_stride2", "wide_groups2",
+               "wide_ragged", "depthwise"},
+    "conv_transpose2d": {"t_stride2_outpad1", "t_groups2"},
+    "local_conv2d": {"stride2_pad1", "groups2", "kernel_row_6200"},
+    "tiled_conv2d": {"tiles_2x3", "groups2"},
+    "max_pool2d": {"resnet_3x3_s2_p1", "channels19"},
+    "avg_pool2d": {"no_count_pad", "ceil_count_pad"},
+    "adaptive_max_pool2d": {"non_divisible", "channels19"},
+    "adaptive_avg_pool2d": {"global_many_planes", "channels19"},
+    "channel_max_pool": {"pairs", "many_groups"},
+}
+
+
+def sanitized(family, pb, dtype) -> tuple:
+    """The marks of a case: "sanitize" where it belongs to the sanitizer run."""
+    chosen = pb.id in SANITIZE_PROBLEMS.get(family.name, ()) or pb.id.startswith("wide_")
+    return (pytest.mark.sanitize,) if chosen and dtype in SANITIZE_DTYPES else ()
+
+
+ACCURACY_CASES = [pytest.param(family, pb, dtype, id=f"{family.name}-{pb.id}-{dtype_id(dtype)}",
+                               marks=sanitized(family, pb, dtype))
                   for family in FAMILIES for pb in family.problems for dtype in DTYPES]
 
 
@@ -332,7 +358,8 @@ assert len(LAYOUT_CASES) == sum(map(len, LAYOUT_PROBLEMS.values())), \
     "an id of LAYOUT_PROBLEMS is not in its family's problems"
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "sliced"])
+@pytest.mark.parametrize("layout", [pytest.param("channels_last", marks=pytest.mark.sanitize),
+                                    "sliced"])
 @pytest.mark.parametrize("family,pb", LAYOUT_CASES)
 def test_layouts_match_contiguous(family, pb, layout):
     # Operands and grad_output in channels_last (NHWC) or strided with an
@@ -560,7 +587,8 @@ def wide_indices():
     cnnkit._C_emu.set_wide_indices(False)
 
 
-WIDE_INDEX_CASES = [pytest.param(family, pb, dtype, id=f"{family.name}-{pb.id}-{dtype_id(dtype)}")
+WIDE_INDEX_CASES = [pytest.param(family, pb, dtype, id=f"{family.name}-{pb.id}-{dtype_id(dtype)}",
+                                 marks=sanitized(family, pb, dtype))
                     for family in FAMILIES for pb in family.problems
                     for dtype in (torch.float32, torch.float16)]
 

@@ -15,6 +15,7 @@ import cnnkit  # noqa: F401
 import cnnkit._C_emu as emu
 
 selftest = emu.selftest
+pytestmark = pytest.mark.sanitize  # all of it runs under the sanitizers too
 
 BARRIER_ERROR = "a barrier that not every thread of the block reaches"
 

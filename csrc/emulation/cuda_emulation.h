@@ -3,20 +3,21 @@
 // extension, cnnkit._C_emu) and their kernels run on CPU tensors.
 //
 // What a launch does here:
-//   - the blocks of the grid run one after another on each OS thread, spread
-//     over the intra-op threads (independent blocks, as on a GPU);
-//   - the threads of a block run as fibers (user-level contexts, switched at
-//     barriers) on one OS thread, or, in the build for ThreadSanitizer and
-//     AddressSanitizer (CNNKIT_EMULATION_THREADS), as one OS thread each, so a
-//     race between threads of a block on shared memory is a data race between
-//     OS threads and the sanitizer sees it;
-//   - __shared__ variables are per-block storage (static storage of the
-//     kernel: thread-local where blocks run side by side on several OS threads);
+//   - the blocks of the grid run side by side on the intra-op threads (one
+//     after another under the sanitizers), each on one OS thread;
+//   - the threads of a block run as fibers (user-level contexts with stacks of
+//     their own) on that OS thread, switched at barriers (runtime.cpp); under
+//     ThreadSanitizer each fiber is a thread of its own whose only
+//     synchronisation is CUDA's, so a race between threads of a block on
+//     shared or global memory is reported as a data race;
+//   - __shared__ variables are per-block storage: static storage of the
+//     kernel, one copy per OS thread;
 //   - __syncthreads, __syncwarp, warp shuffles and WMMA's collective calls are
 //     barriers of the block or warp; a barrier that some threads never reach
 //     (they exited, or wait at another barrier) is reported as an error;
 //   - launch limits are checked as the hardware does (block and grid sizes,
-//     dynamic shared memory above 48 KiB only with the opt-in);
+//     dynamic shared memory above 48 KiB only with the opt-in), and fresh
+//     dynamic shared memory reads as NaN;
 //   - WMMA 16x16x16 fragments are held 8 elements per lane in a fixed layout
 //     (lane l holds elements 8l .. 8l+7 of the row-major tile); that is
 //     faithful for code that never reads fragment elements itself, which
@@ -55,13 +56,8 @@
 #define __launch_bounds__(...)
 #define __grid_constant__
 #define __align__(n) __attribute__((aligned(n)))
-#if defined(CNNKIT_EMULATION_THREADS)
-// Blocks run one at a time, their threads as OS threads: one copy per kernel.
-#define __shared__ static
-#else
-// Blocks run side by side, one per OS thread, their threads as fibers on it.
+// A block runs on one OS thread, its threads as fibers there.
 #define __shared__ static thread_local
-#endif
 
 struct uint3 {
   unsigned int x, y, z;

@@ -18,10 +18,12 @@ PYBIND11_MODULE(_C_emu, m) {
   m.doc() =
       "cnnkit's CUDA kernels run on the CPU by an emulation of the CUDA execution model; "
       "registers torch.ops.cnnkit_emu.* (the schemas of torch.ops.cnnkit.*) for CPU tensors";
-#if defined(CNNKIT_EMULATION_THREADS)
-  m.attr("threads") = "os";
+#if defined(__SANITIZE_ADDRESS__)
+  m.attr("sanitizer") = "address";
+#elif defined(__SANITIZE_THREAD__)
+  m.attr("sanitizer") = "thread";
 #else
-  m.attr("threads") = "fibers";
+  m.attr("sanitizer") = pybind11::none();
 #endif
   m.def(
       "launch_statistics",

@@ -1,18 +1,30 @@
 // The emulator behind csrc/emulation/cuda_emulation.h: launches, the threads
-// of a block (fibers, or OS threads in the sanitizer build), barriers, warp
-// exchanges, shared memory and launch statistics.
+// of a block as fibers, barriers, warp exchanges, shared memory and launch
+// statistics.
+//
+// A block runs on one OS thread: each CUDA thread is a fiber with a stack of
+// its own, switched to the scheduler when it waits at a barrier (or ends),
+// and the scheduler resumes the fibers round-robin. Blocks run side by side
+// on the intra-op threads, each on one of them.
+//
+// Under the sanitizers (the builds of make emulate-sanitize) the fibers are
+// announced to them: to ThreadSanitizer each fiber is a thread of its own,
+// switched to without synchronisation, and the only happens-before edges
+// between the threads of a block are the ones CUDA gives (barriers and warp
+// collectives, the start and end of the block), so a race on shared or global
+// memory between two threads of a block is reported as on a GPU it is a
+// race; to AddressSanitizer each switch moves to the fiber's own stack. The
+// emulator's own bookkeeping is atomic, invisible to ThreadSanitizer.
 #include "emulation/cuda_emulation.h"
 #include "emulation/runtime.h"
 
 #include <ATen/Parallel.h>
 
 #include <cxxabi.h>
-
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdlib>
 #include <exception>
 #include <map>
@@ -20,9 +32,18 @@
 #include <mutex>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <unordered_map>
 #include <vector>
+
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define CNNKIT_EMULATION_TSAN 1
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define CNNKIT_EMULATION_ASAN 1
+#endif
 
 namespace cnnkit::emulation {
 namespace {
@@ -32,17 +53,32 @@ constexpr int kMaxThreadsPerBlock = 1024;
 constexpr unsigned kMaxBlockZ = 64;
 constexpr unsigned kMaxGridYZ = 65535;
 constexpr std::uint64_t kMaxGridX = (std::uint64_t{1} << 31) - 1;
-constexpr std::uint64_t kExchangeSlots = kWarpSize;  // one 8-byte value per lane
-constexpr std::size_t kScratchFloats = 512;          // two 16x16 WMMA tiles per warp
+constexpr std::size_t kExchangeSlots = kWarpSize;  // one 8-byte value per lane
+constexpr std::size_t kScratchFloats = 512;        // two 16x16 WMMA tiles per warp
+constexpr std::size_t kFiberStack = 256 * 1024;
 // Fresh shared memory is filled with this byte (all-ones: NaN in every float
 // format), so a kernel that reads shared memory it never wrote sees NaNs.
 constexpr unsigned char kSharedPoison = 0xff;
 
-thread_local ThreadContext* current_thread = nullptr;
-
 // Unwinds the frames of a CUDA thread whose block was aborted (a device error,
 // or a barrier that can never complete).
 struct AbortBlock {};
+
+// Happens-before edges for ThreadSanitizer, on any address as a token.
+inline void release(const void* token) {
+#if defined(CNNKIT_EMULATION_TSAN)
+  __tsan_release(const_cast<void*>(token));
+#else
+  (void)token;
+#endif
+}
+inline void acquire(const void* token) {
+#if defined(CNNKIT_EMULATION_TSAN)
+  __tsan_acquire(const_cast<void*>(token));
+#else
+  (void)token;
+#endif
+}
 
 std::string dims(dim3 d) {
   std::ostringstream out;
@@ -63,87 +99,6 @@ std::string kernel_name(const LaunchConfig& c) {
   }
   return name;
 }
-
-}  // namespace
-
-// ------------------------------------------------------------------ block state
-
-// Barrier bookkeeping of the block that runs. In the fiber build one OS thread
-// touches it; in the OS-thread build every access holds `mutex`.
-struct BlockState {
-  const LaunchConfig* config = nullptr;
-  uint3 block_idx{};
-  int threads = 0;
-  int block_arrived = 0;
-  std::uint64_t block_generation = 0;
-  std::vector<int> warp_arrived;
-  std::vector<std::uint64_t> warp_generation;
-  int waiting = 0;  // threads blocked at a barrier that has not completed
-  int exited = 0;
-  bool aborted = false;
-  std::string error;
-  std::vector<std::uint64_t> exchange;
-  std::vector<float> scratch;
-  std::vector<unsigned char> dynamic_shared;  // with 128 bytes of room for alignment
-#if defined(CNNKIT_EMULATION_THREADS)
-  std::mutex mutex;
-  std::condition_variable released;
-#endif
-
-  void start(const LaunchConfig& launch, int thread_count, uint3 block) {
-    config = &launch;
-    block_idx = block;
-    threads = thread_count;
-    const int warps = (thread_count + kWarpSize - 1) / kWarpSize;
-    block_arrived = 0;
-    warp_arrived.assign(warps, 0);
-    warp_generation.assign(warps, 0);
-    waiting = exited = 0;
-    aborted = false;
-    error.clear();
-    exchange.assign(warps * kExchangeSlots, 0);
-    scratch.assign(warps * kScratchFloats, 0.0f);
-    dynamic_shared.assign(launch.dynamic_shared + 128, kSharedPoison);
-  }
-
-  unsigned char* dynamic_shared_base() {
-    const auto address = reinterpret_cast<std::uintptr_t>(dynamic_shared.data());
-    return dynamic_shared.data() + ((128 - address % 128) % 128);
-  }
-
-  // Lanes of warp w that exist (the last warp of a block may be partial).
-  unsigned int lanes_of(int warp) const {
-    const int count = std::min(kWarpSize, threads - warp * kWarpSize);
-    return count == kWarpSize ? 0xffffffffu : ((1u << count) - 1);
-  }
-
-  void fail(const std::string& message) {
-    if (error.empty()) {
-      std::ostringstream out;
-      out << "cnnkit emulated CUDA: " << kernel_name(*config) << ", block " << block_idx.x << ", "
-          << block_idx.y << ", " << block_idx.z << ": " << message;
-      error = out.str();
-    }
-    aborted = true;
-  }
-
-  // Every thread that has not exited waits at a barrier none of them can complete.
-  void check_deadlock() {
-    if (waiting > 0 && waiting + exited == threads) {
-      std::ostringstream out;
-      out << "a barrier that not every thread of the block reaches: " << waiting << " of "
-          << threads << " threads wait at __syncthreads, __syncwarp or a warp collective, "
-          << exited << " have exited";
-      fail(out.str());
-    }
-  }
-};
-
-namespace {
-
-// ------------------------------------------------------------------ fibers
-
-#if !defined(CNNKIT_EMULATION_THREADS)
 
 // Saves the callee-saved registers, the SSE control word and the x87 control
 // word on the current stack, stores the stack pointer in *save, and resumes
@@ -179,21 +134,129 @@ cnnkit_emulation_switch:
   .size cnnkit_emulation_switch, .-cnnkit_emulation_switch
 )");
 
-constexpr std::size_t kFiberStack = 256 * 1024;
+}  // namespace
+
+// ------------------------------------------------------------------ block state
+
+// The block that runs on this OS thread: barrier bookkeeping, warp scratch,
+// dynamic shared memory.
+struct BlockState {
+  const LaunchConfig* config = nullptr;
+  uint3 block_idx{};
+  int threads = 0;
+  std::atomic<int> block_arrived{0};
+  std::atomic<std::uint64_t> block_generation{0};
+  std::unique_ptr<std::atomic<int>[]> warp_arrived;
+  std::unique_ptr<std::atomic<std::uint64_t>[]> warp_generation;
+  std::atomic<int> waiting{0};  // threads blocked at a barrier that has not completed
+  std::atomic<int> exited{0};
+  std::atomic<bool> aborted{false};
+  std::atomic<bool> failed{false};
+  std::string error;  // written once, by the first failure
+  std::vector<std::uint64_t> exchange;
+  std::vector<float> scratch;
+  std::vector<unsigned char> dynamic_shared;  // with 128 bytes of room for alignment
+  // Addresses whose only use is as ThreadSanitizer sync tokens: two per
+  // barrier, by the parity of its generation.
+  char block_token[2];
+  std::vector<char> warp_tokens;
+  char start_token, end_token;
+
+  void start(const LaunchConfig& launch, int thread_count, uint3 block) {
+    config = &launch;
+    block_idx = block;
+    threads = thread_count;
+    const int warps = (thread_count + kWarpSize - 1) / kWarpSize;
+    block_arrived = 0;
+    warp_arrived.reset(new std::atomic<int>[warps]);
+    warp_generation.reset(new std::atomic<std::uint64_t>[warps]);
+    for (int w = 0; w < warps; ++w) {
+      warp_arrived[w] = 0;
+      warp_generation[w] = 0;
+    }
+    waiting = 0;
+    exited = 0;
+    aborted = false;
+    failed = false;
+    error.clear();
+    exchange.assign(warps * kExchangeSlots, 0);
+    scratch.assign(warps * kScratchFloats, 0.0f);
+    dynamic_shared.assign(launch.dynamic_shared + 128, kSharedPoison);
+    warp_tokens.assign(2 * warps, 0);
+  }
+
+  unsigned char* dynamic_shared_base() {
+    const auto address = reinterpret_cast<std::uintptr_t>(dynamic_shared.data());
+    return dynamic_shared.data() + ((128 - address % 128) % 128);
+  }
+
+  // Lanes of warp w that exist (the last warp of a block may be partial).
+  unsigned int lanes_of(int warp) const {
+    const int count = std::min(kWarpSize, threads - warp * kWarpSize);
+    return count == kWarpSize ? 0xffffffffu : ((1u << count) - 1);
+  }
+
+  void fail(const std::string& message) {
+    if (!failed.exchange(true)) {
+      std::ostringstream out;
+      out << "cnnkit emulated CUDA: " << kernel_name(*config) << ", block " << block_idx.x << ", "
+          << block_idx.y << ", " << block_idx.z << ": " << message;
+      error = out.str();
+    }
+    aborted = true;
+  }
+
+  // Every thread that has not exited waits at a barrier none of them can complete.
+  void check_deadlock() {
+    const int w = waiting, e = exited;
+    if (w > 0 && w + e == threads) {
+      std::ostringstream out;
+      out << "a barrier that not every thread of the block reaches: " << w << " of " << threads
+          << " threads wait at __syncthreads, __syncwarp or a warp collective, " << e
+          << " have exited";
+      fail(out.str());
+    }
+  }
+};
+
+namespace {
+
+// ------------------------------------------------------------------ fibers
 
 struct Fiber {
   void* sp = nullptr;
   char* stack = nullptr;  // kFiberStack bytes, the lowest page a guard
-  bool done = false;
+  std::atomic<bool> done{false};
   ThreadContext context{};
+#if defined(CNNKIT_EMULATION_TSAN)
+  void* tsan_fiber = nullptr;
+#endif
+#if defined(CNNKIT_EMULATION_ASAN)
+  void* fake_stack = nullptr;
+#endif
 };
+
+// The CUDA thread that runs (on this OS thread): set by the scheduler before
+// it switches to a fiber.
+thread_local std::atomic<ThreadContext*> current_thread{nullptr};
+
+void fiber_main();
 
 // The fibers of one OS thread, reused by every block it runs.
 class FiberRunner {
  public:
+  FiberRunner() {
+#if defined(CNNKIT_EMULATION_TSAN)
+    scheduler_tsan_ = __tsan_get_current_fiber();
+#endif
+  }
+
   ~FiberRunner() {
     for (auto& f : fibers_) {
-      if (f.stack != nullptr) munmap(f.stack, kFiberStack);
+#if defined(CNNKIT_EMULATION_TSAN)
+      __tsan_destroy_fiber(f->tsan_fiber);
+#endif
+      munmap(f->stack, kFiberStack);
     }
   }
 
@@ -205,32 +268,77 @@ class FiberRunner {
     body_ = body;
     closure_ = closure;
     for (int t = 0; t < threads; ++t) {
-      Fiber& f = fibers_[t];
+      Fiber& f = *fibers_[t];
       f.done = false;
       f.context = thread_context(launch, block, t, &state_);
       f.sp = fresh_stack(f.stack);
     }
+    // Everything written so far (the block's state, the launch's arguments)
+    // happens before the block's threads start.
+    release(&state_.start_token);
     ThreadContext* const outer = current_thread;
     int live = threads;
     while (live > 0) {
       for (int t = 0; t < threads; ++t) {
-        if (fibers_[t].done) continue;
+        Fiber& f = *fibers_[t];
+        if (f.done) continue;
         current_ = t;
-        current_thread = &fibers_[t].context;
-        cnnkit_emulation_switch(&scheduler_sp_, fibers_[t].sp);
-        if (fibers_[t].done) --live;
+        current_thread = &f.context;
+        switch_to(f);
+        if (f.done) --live;
       }
     }
     current_thread = outer;
-    TORCH_CHECK(state_.error.empty(), state_.error);
+    // Everything the block's threads wrote happens before what follows the block.
+    acquire(&state_.end_token);
+    TORCH_CHECK(!state_.failed, state_.error);
   }
 
-  // Back to the scheduler, from the running fiber.
-  void yield() { cnnkit_emulation_switch(&fibers_[current_].sp, scheduler_sp_); }
+  // Back to the scheduler, from the running fiber; `finished` when it never
+  // comes back.
+  void yield(bool finished = false) {
+    Fiber& f = *fibers_[current_];
+#if defined(CNNKIT_EMULATION_TSAN)
+    __tsan_switch_to_fiber(scheduler_tsan_, __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(CNNKIT_EMULATION_ASAN)
+    __sanitizer_start_switch_fiber(finished ? nullptr : &f.fake_stack, scheduler_stack_bottom_,
+                                   scheduler_stack_size_);
+#endif
+    (void)finished;
+    cnnkit_emulation_switch(&f.sp, scheduler_sp_);
+#if defined(CNNKIT_EMULATION_ASAN)
+    __sanitizer_finish_switch_fiber(f.fake_stack, nullptr, nullptr);
+#endif
+  }
+
+  // First thing a fiber does on its own stack.
+  void entered() {
+#if defined(CNNKIT_EMULATION_ASAN)
+    __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack_bottom_, &scheduler_stack_size_);
+#endif
+    acquire(&state_.start_token);
+  }
 
   BlockState& state() { return state_; }
+  void run_body() { body_(closure_); }
+  Fiber& current_fiber() { return *fibers_[current_]; }
 
  private:
+  void switch_to(Fiber& f) {
+#if defined(CNNKIT_EMULATION_TSAN)
+    __tsan_switch_to_fiber(f.tsan_fiber, __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(CNNKIT_EMULATION_ASAN)
+    void* fake_stack = nullptr;
+    __sanitizer_start_switch_fiber(&fake_stack, f.stack, kFiberStack);
+#endif
+    cnnkit_emulation_switch(&scheduler_sp_, f.sp);
+#if defined(CNNKIT_EMULATION_ASAN)
+    __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#endif
+  }
+
   static ThreadContext thread_context(const LaunchConfig& launch, uint3 block, int t,
                                       BlockState* state) {
     const unsigned bx = launch.block.x, by = launch.block.y;
@@ -240,19 +348,27 @@ class FiberRunner {
 
   void grow(int threads) {
     while (static_cast<int>(fibers_.size()) < threads) {
-      Fiber f;
+      auto f = std::make_unique<Fiber>();
       void* memory = mmap(nullptr, kFiberStack, PROT_READ | PROT_WRITE,
                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       TORCH_CHECK(memory != MAP_FAILED, "cnnkit emulated CUDA: cannot map a fiber stack");
       mprotect(memory, static_cast<std::size_t>(sysconf(_SC_PAGESIZE)), PROT_NONE);
-      f.stack = static_cast<char*>(memory);
-      fibers_.push_back(f);
+      f->stack = static_cast<char*>(memory);
+#if defined(CNNKIT_EMULATION_TSAN)
+      f->tsan_fiber = __tsan_create_fiber(0);
+#endif
+      fibers_.push_back(std::move(f));
     }
   }
 
   // A stack whose first switch "returns" into fiber_main (see the layout the
   // switch pops: control words, r15 .. rbp, return address).
   static void* fresh_stack(char* stack) {
+#if defined(CNNKIT_EMULATION_ASAN)
+    // Frames that never returned (a finished fiber's last ones) left their
+    // redzones poisoned.
+    ASAN_UNPOISON_MEMORY_REGION(stack, kFiberStack);
+#endif
     auto top = reinterpret_cast<std::uintptr_t>(stack + kFiberStack) & ~std::uintptr_t{15};
     auto* sp = reinterpret_cast<std::uint64_t*>(top);
     *--sp = 0;  // fiber_main's own return address: it never returns
@@ -268,14 +384,19 @@ class FiberRunner {
     return sp;
   }
 
-  static void fiber_main();
-
-  std::vector<Fiber> fibers_;
+  std::vector<std::unique_ptr<Fiber>> fibers_;
   void* scheduler_sp_ = nullptr;
-  int current_ = 0;
+  std::atomic<int> current_{0};
   BlockState state_;
   void (*body_)(const void*) = nullptr;
   const void* closure_ = nullptr;
+#if defined(CNNKIT_EMULATION_TSAN)
+  void* scheduler_tsan_ = nullptr;
+#endif
+#if defined(CNNKIT_EMULATION_ASAN)
+  const void* scheduler_stack_bottom_ = nullptr;
+  std::size_t scheduler_stack_size_ = 0;
+#endif
 };
 
 thread_local std::unique_ptr<FiberRunner> fiber_runner;
@@ -285,12 +406,13 @@ FiberRunner& runner() {
   return *fiber_runner;
 }
 
-void FiberRunner::fiber_main() {
+void fiber_main() {
   FiberRunner& r = runner();
-  BlockState& b = r.state_;
+  r.entered();
+  BlockState& b = r.state();
   if (!b.aborted) {
     try {
-      r.body_(r.closure_);
+      r.run_body();
     } catch (const AbortBlock&) {
     } catch (const std::exception& e) {
       b.fail(e.what());
@@ -298,65 +420,54 @@ void FiberRunner::fiber_main() {
       b.fail("unknown exception in a kernel");
     }
   }
-  r.fibers_[r.current_].done = true;
+  release(&b.end_token);
+  r.current_fiber().done = true;
   ++b.exited;
   b.check_deadlock();
-  r.yield();
+  r.yield(/*finished=*/true);
   std::abort();  // a finished fiber is never resumed
 }
 
 BlockState& block_of_caller() { return runner().state(); }
 
-// Waits (as a fiber) until the counter `generation` moves on or the block is aborted.
-void wait_for(BlockState& b, const std::uint64_t& generation, std::uint64_t seen) {
-  while (generation == seen && !b.aborted) runner().yield();
-}
-
-#endif  // !CNNKIT_EMULATION_THREADS
-
-#if defined(CNNKIT_EMULATION_THREADS)
-BlockState& block_of_caller() { return *current_thread->block; }
-#endif
-
 // Arrival of the calling thread at a barrier of `expected` threads whose
-// bookkeeping is (arrived, generation); returns once all have arrived.
-void arrive(BlockState& b, int& arrived, std::uint64_t& generation, int expected) {
-#if defined(CNNKIT_EMULATION_THREADS)
-  std::unique_lock<std::mutex> lock(b.mutex);
-#endif
+// bookkeeping is (arrived, generation) and whose sync tokens are tokens[0, 1];
+// returns once all have arrived.
+void arrive(BlockState& b, std::atomic<int>& arrived, std::atomic<std::uint64_t>& generation,
+            int expected, const char* tokens) {
   if (b.aborted) throw AbortBlock{};
+  const std::uint64_t seen = generation;
+  const char* token = tokens + (seen & 1);
+  release(token);
   if (++arrived == expected) {
     b.waiting -= expected - 1;
     arrived = 0;
     ++generation;
-#if defined(CNNKIT_EMULATION_THREADS)
-    b.released.notify_all();
-#endif
-    return;
+  } else {
+    ++b.waiting;
+    b.check_deadlock();
+    while (generation == seen && !b.aborted) runner().yield();
+    if (generation == seen) throw AbortBlock{};
   }
-  const std::uint64_t seen = generation;
-  ++b.waiting;
-  b.check_deadlock();
-#if defined(CNNKIT_EMULATION_THREADS)
-  if (b.aborted) b.released.notify_all();
-  b.released.wait(lock, [&] { return generation != seen || b.aborted; });
-#else
-  wait_for(b, generation, seen);
-#endif
-  if (generation == seen) throw AbortBlock{};
+  acquire(token);
 }
 
 // The caller's warp and the number of its lanes named by `mask` (which must
-// all exist).
+// all exist, the caller among them).
 int warp_members(BlockState& b, unsigned int mask, int& warp) {
-  warp = current_thread->linear / kWarpSize;
+  const int linear = current_thread.load()->linear;
+  warp = linear / kWarpSize;
   if ((mask & ~b.lanes_of(warp)) != 0) {
     device_error("a warp collective names lanes that do not exist in the block");
   }
-  if ((mask >> (current_thread->linear % kWarpSize) & 1u) == 0) {
+  if ((mask >> (linear % kWarpSize) & 1u) == 0) {
     device_error("a warp collective called by a lane that its mask does not name");
   }
   return __builtin_popcount(mask);
+}
+
+void sync_warp_of(BlockState& b, int warp, int members) {
+  arrive(b, b.warp_arrived[warp], b.warp_generation[warp], members, &b.warp_tokens[2 * warp]);
 }
 
 // ------------------------------------------------------------------ launches
@@ -364,11 +475,12 @@ int warp_members(BlockState& b, unsigned int mask, int& warp) {
 std::mutex registry_mutex;
 std::unordered_map<const void*, int> max_dynamic_shared;  // cudaFuncSetAttribute opt-ins
 std::map<std::string, LaunchCount> launch_counts;
+std::atomic<bool> force_wide_indices{false};
 
 void check_configuration(const LaunchConfig& c) {
   const auto fail = [&](const std::string& why) {
-    TORCH_CHECK(false, "cnnkit emulated CUDA: cannot launch ", kernel_name(c), " with grid ", dims(c.grid),
-                ", block ", dims(c.block), " and ", c.dynamic_shared,
+    TORCH_CHECK(false, "cnnkit emulated CUDA: cannot launch ", kernel_name(c), " with grid ",
+                dims(c.grid), ", block ", dims(c.block), " and ", c.dynamic_shared,
                 " bytes of dynamic shared memory: ", why);
   };
   const std::uint64_t threads = std::uint64_t{c.block.x} * c.block.y * c.block.z;
@@ -402,101 +514,26 @@ uint3 block_index(const LaunchConfig& c, std::int64_t linear) {
           static_cast<unsigned>(u / (std::uint64_t{c.grid.x} * c.grid.y))};
 }
 
-#if defined(CNNKIT_EMULATION_THREADS)
-
-// One OS thread per CUDA thread, kept for the whole launch; blocks one after
-// another, with a barrier of all threads between two blocks.
-void run_launch(const LaunchConfig& config, std::int64_t blocks, void (*body)(const void*),
-                const void* closure) {
-  const int threads = static_cast<int>(config.block.x * config.block.y * config.block.z);
-  BlockState state;
-  state.start(config, threads, block_index(config, 0));
-  std::string error;
-  int finished = 0;           // threads done with the current block
-  std::uint64_t block_done = 0;  // blocks finished
-  std::vector<std::thread> pool;
-  pool.reserve(threads);
-  for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      const unsigned bx = config.block.x, by = config.block.y, u = static_cast<unsigned>(t);
-      ThreadContext context{{u % bx, (u / bx) % by, u / (bx * by)}, {}, config.block,
-                            config.grid, t, &state};
-      current_thread = &context;
-      for (std::int64_t block = 0; block < blocks; ++block) {
-        context.block_idx = block_index(config, block);
-        bool skip;
-        {
-          std::lock_guard<std::mutex> lock(state.mutex);
-          skip = state.aborted;
-        }
-        if (!skip) {
-          try {
-            body(closure);
-          } catch (const AbortBlock&) {
-          } catch (const std::exception& e) {
-            std::lock_guard<std::mutex> lock(state.mutex);
-            state.fail(e.what());
-            state.released.notify_all();
-          }
-        }
-        std::unique_lock<std::mutex> lock(state.mutex);
-        ++state.exited;
-        state.check_deadlock();
-        if (state.aborted) state.released.notify_all();
-        if (++finished == threads) {  // the last thread of the block starts the next one
-          finished = 0;
-          ++block_done;
-          if (state.aborted) {
-            if (error.empty()) error = state.error;
-          } else if (block + 1 < blocks) {
-            state.start(config, threads, block_index(config, block + 1));
-          }
-          state.released.notify_all();
-        } else {
-          const std::uint64_t seen = block_done;
-          state.released.wait(lock, [&] { return block_done != seen; });
-        }
-        if (!error.empty()) break;
-      }
-      current_thread = nullptr;
-    });
-  }
-  for (auto& thread : pool) thread.join();
-  TORCH_CHECK(error.empty(), error);
-}
-
-#else
-
-void run_launch(const LaunchConfig& config, std::int64_t blocks, void (*body)(const void*),
-                const void* closure) {
-  at::parallel_for(0, blocks, 1, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t block = begin; block < end; ++block) {
-      runner().run_block(config, block_index(config, block), body, closure);
-    }
-  });
-}
-
-#endif
-
 }  // namespace
 
 // ------------------------------------------------------------------ the header's API
 
 ThreadContext& this_thread() {
-  TORCH_INTERNAL_ASSERT(current_thread != nullptr, "a CUDA built-in read outside a kernel");
-  return *current_thread;
+  ThreadContext* const t = current_thread.load(std::memory_order_relaxed);
+  TORCH_INTERNAL_ASSERT(t != nullptr, "a CUDA built-in read outside a kernel");
+  return *t;
 }
 
 void sync_block() {
   BlockState& b = block_of_caller();
-  arrive(b, b.block_arrived, b.block_generation, b.threads);
+  arrive(b, b.block_arrived, b.block_generation, b.threads, b.block_token);
 }
 
 void sync_warp(unsigned int mask) {
   BlockState& b = block_of_caller();
   int warp;
   const int members = warp_members(b, mask, warp);
-  arrive(b, b.warp_arrived[warp], b.warp_generation[warp], members);
+  sync_warp_of(b, warp, members);
 }
 
 std::uint64_t warp_exchange(unsigned int mask, std::uint64_t value, int source_lane) {
@@ -504,41 +541,28 @@ std::uint64_t warp_exchange(unsigned int mask, std::uint64_t value, int source_l
   int warp;
   const int members = warp_members(b, mask, warp);
   std::uint64_t* slots = b.exchange.data() + warp * kExchangeSlots;
-  slots[current_thread->linear % kWarpSize] = value;
-  arrive(b, b.warp_arrived[warp], b.warp_generation[warp], members);
+  slots[current_thread.load()->linear % kWarpSize] = value;
+  sync_warp_of(b, warp, members);
   if (source_lane < 0 || source_lane >= kWarpSize || (mask >> source_lane & 1u) == 0) {
     device_error("a warp shuffle reads a lane outside its mask");
   }
   const std::uint64_t out = slots[source_lane];
   // No lane may post its next value before every lane has read this one.
-  arrive(b, b.warp_arrived[warp], b.warp_generation[warp], members);
+  sync_warp_of(b, warp, members);
   return out;
 }
 
 float* warp_scratch() {
   BlockState& b = block_of_caller();
-  return b.scratch.data() + (current_thread->linear / kWarpSize) * kScratchFloats;
+  return b.scratch.data() + (current_thread.load()->linear / kWarpSize) * kScratchFloats;
 }
 
 unsigned char* dynamic_shared_memory() { return block_of_caller().dynamic_shared_base(); }
 
 void device_error(const char* what) {
-  BlockState& b = block_of_caller();
-  {
-#if defined(CNNKIT_EMULATION_THREADS)
-    std::lock_guard<std::mutex> lock(b.mutex);
-    b.fail(what);
-    b.released.notify_all();
-#else
-    b.fail(what);
-#endif
-  }
+  block_of_caller().fail(what);
   throw AbortBlock{};
 }
-
-namespace {
-std::atomic<bool> force_wide_indices{false};
-}  // namespace
 
 bool wide_indices() { return force_wide_indices.load(std::memory_order_relaxed); }
 void set_wide_indices(bool on) { force_wide_indices.store(on, std::memory_order_relaxed); }
@@ -557,7 +581,18 @@ void launch(const LaunchConfig& config, void (*body)(const void*), const void* c
     count.launches += 1;
     count.blocks += blocks;
   }
-  run_launch(config, blocks, body, closure);
+#if defined(CNNKIT_EMULATION_TSAN) || defined(CNNKIT_EMULATION_ASAN)
+  // One OS thread: the sanitizers see each CUDA thread as a fiber of it.
+  for (std::int64_t block = 0; block < blocks; ++block) {
+    runner().run_block(config, block_index(config, block), body, closure);
+  }
+#else
+  at::parallel_for(0, blocks, 1, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t block = begin; block < end; ++block) {
+      runner().run_block(config, block_index(config, block), body, closure);
+    }
+  });
+#endif
 }
 
 std::map<std::string, LaunchCount> launch_statistics() {
