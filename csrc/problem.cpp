@@ -132,6 +132,7 @@ Conv2dProblem conv_geometry(const char* fn, int64_t N, int64_t C, int64_t H, int
   pb.stride_h = stride[0]; pb.stride_w = stride[1];
   pb.dilation_h = dilation[0]; pb.dilation_w = dilation[1];
   pb.groups = groups;
+  pb.op = fn;
   return pb;
 }
 

@@ -25,6 +25,9 @@ struct Conv2dProblem {
   int64_t N, C, H, W, K, R, S, P, Q;
   int64_t pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w, groups;
   int64_t tile_h = 1, tile_w = 1;
+  // The op the problem comes from, as messages name it ("cnnkit.conv2d"):
+  // backends' own limits are reported in its name.
+  const char* op = "cnnkit";
 
   // Tile phases (a, b) of a tiled convolution, t = a*tile_w + b; 1 when dense.
   CNNKIT_HOST_DEVICE int64_t phase_count() const { return tile_h * tile_w; }

@@ -63,7 +63,7 @@ def main() -> int:
                # and ATen's thread pool would only add threads they cannot see into.
                OMP_NUM_THREADS="1", **OPTIONS[mode])
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--capture=sys",
-               "-m", "sanitize",
+               "-m", "sanitize", "--durations=15",
                *TESTS]
     if mode == "tsan":
         # ThreadSanitizer's shadow memory needs the fixed address-space layout

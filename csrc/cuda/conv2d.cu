@@ -79,6 +79,7 @@ struct Geometry {
   int pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w;
   int tile_h, tile_w, groups, Cg, Kg;
   int64_t HW, PQ;
+  const char* op;  // for messages: the op's name
 };
 
 // Every coordinate sum the kernels form (p*stride - pad + r*dilation, a row
@@ -103,7 +104,7 @@ Geometry make_geometry(const Conv2dProblem& pb) {
   fits = fits && pb.R * pb.S <= kPatchLimit && Cg <= kPatchLimit / (pb.R * pb.S) &&
          Kg <= kPatchLimit / (pb.R * pb.S);
   TORCH_CHECK(fits,
-              "cnnkit: the CUDA convolution kernels need every size, padding, stride (times the "
+              pb.op, ": the CUDA convolution kernels need every size, padding, stride (times the "
               "tile), dilation and dilated kernel extent below 2^29 and C/groups*kH*kW, "
               "C_out/groups*kH*kW below 2^30, but got N=", pb.N, ", C=", pb.C, ", H=", pb.H,
               ", W=", pb.W, ", C_out=", pb.K, ", kernel ", pb.R, "x", pb.S, ", output ", pb.P, "x",
@@ -120,6 +121,7 @@ Geometry make_geometry(const Conv2dProblem& pb) {
   g.dilation_h = static_cast<int>(pb.dilation_h); g.dilation_w = static_cast<int>(pb.dilation_w);
   g.tile_h = static_cast<int>(pb.tile_h); g.tile_w = static_cast<int>(pb.tile_w);
   g.groups = static_cast<int>(pb.groups);
+  g.op = pb.op;
   g.Cg = static_cast<int>(Cg); g.Kg = static_cast<int>(Kg);
   g.HW = pb.H * pb.W;
   g.PQ = pb.P * pb.Q;
@@ -983,7 +985,7 @@ template <typename Args, typename Kernel>
 void launch_gemm(Kernel kernel, Args args, int64_t m_tiles, int64_t n_tiles, int64_t gemms) {
   const int64_t blocks = m_tiles * n_tiles;
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(),
-              "cnnkit: convolution too large for one CUDA grid (", blocks, " blocks)");
+              args.geo.op, ": convolution too large for one CUDA grid (", blocks, " blocks)");
   args.n_tiles = static_cast<int>(n_tiles);
   for (int64_t z0 = 0; z0 < gemms; z0 += 65535) {
     args.z_offset = static_cast<int>(z0);
@@ -1257,7 +1259,7 @@ void depthwise_weight_backward(const Geometry& geo, const at::Tensor& grad_outpu
                                const at::Tensor& input, at::Tensor& grad_weight) {
   const int64_t outputs = grad_weight.numel();  // K*R*S
   TORCH_CHECK(outputs <= std::numeric_limits<int32_t>::max(),
-              "cnnkit: depthwise weight gradient too large for one CUDA grid (", outputs,
+              geo.op, ": depthwise weight gradient too large for one CUDA grid (", outputs,
               " weights)");
   const int64_t slices = slice_count(outputs, int64_t{geo.N} * geo.PQ, 4096);
   const auto acc_dtype = at::toOpMathType(grad_weight.scalar_type());

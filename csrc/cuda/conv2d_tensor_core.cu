@@ -132,28 +132,6 @@ __device__ __forceinline__ void pack_half(uint32_t* regs, uint16_t v) {
   }
 }
 
-// Division of n < 2^31 by a divisor 1 <= d < 2^31 fixed for the launch, as a
-// multiply-high and a shift (the round-up reciprocal method): with
-// 2^(shift-1) < d <= 2^shift and magic = floor(2^32 (2^shift - d) / d) + 1,
-// n / d = (umulhi(n, magic) + n) >> shift. Built on the host.
-struct FastDivider {
-  uint32_t divisor, magic, shift;
-
-  explicit FastDivider(int64_t d) {
-    TORCH_CHECK(d >= 1 && d <= std::numeric_limits<int32_t>::max(),
-                "cnnkit: divisor out of range for the tensor-core kernels: ", d);
-    divisor = static_cast<uint32_t>(d);
-    shift = 0;
-    while ((uint64_t{1} << shift) < divisor) ++shift;
-    magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - divisor)) /
-                                      divisor +
-                                  1);
-  }
-  __device__ __forceinline__ uint32_t div(uint32_t n) const {
-    return (__umulhi(n, magic) + n) >> shift;
-  }
-};
-
 __device__ __forceinline__ uint16_t unpack_half(const uint32_t* regs, int e) {
   return static_cast<uint16_t>(regs[e / 2] >> (16 * (e % 2)));
 }
@@ -352,11 +330,11 @@ struct TapGatherOperand {
   const uint16_t* source;  // row m's sample at the group's first channel; null past the last m
   uint32_t length;         // R*S*channels (< 2^31 - 64, checked on the host)
   index_t plane;           // elements between consecutive channels of `source`
-  FastDivider channels;    // channels of the group (the fastest part of kk)
+  Divider<int32_t> channels;    // channels of the group (the fastest part of kk)
   int m_local, kk_local;
   uint32_t regs[kElems / 2];
 
-  __device__ TapGatherOperand(int64_t length, int64_t plane, const FastDivider& channels)
+  __device__ TapGatherOperand(int64_t length, int64_t plane, const Divider<int32_t>& channels)
       : source(nullptr),
         length(static_cast<uint32_t>(length)),
         plane(static_cast<index_t>(plane)),
@@ -371,7 +349,7 @@ struct TapGatherOperand {
   __device__ __forceinline__ void fetch(int64_t k0) {
     const uint32_t kk = static_cast<uint32_t>(k0) + kk_local;
     const uint32_t rs = channels.div(kk);
-    uint32_t c = kk - rs * channels.divisor;
+    uint32_t c = kk - rs * channels.value;
     if constexpr (kOneTapPerRun) {
       // kk and length are multiples of kElems: the run is all in or all out.
       const index_t at = kk < length ? tap(rs) : index_t{-1};
@@ -390,7 +368,7 @@ struct TapGatherOperand {
         uint16_t v = 0;
         if (e < valid && at >= 0) v = __ldg(source + at + static_cast<index_t>(c) * plane);
         pack_half<decltype(e)::value>(regs, v);
-        if (++c == channels.divisor) {  // next tap
+        if (++c == static_cast<uint32_t>(channels.value)) {  // next tap
           c = 0;
           at = tap(++tap_rs);
         }
@@ -409,12 +387,12 @@ template <typename Shape, typename index_t, bool kOneTapPerRun>
 struct PatchOperand
     : TapGatherOperand<PatchOperand<Shape, index_t, kOneTapPerRun>, Shape, index_t,
                        kOneTapPerRun> {
-  FastDivider taps_per_row;  // S
+  Divider<int32_t> taps_per_row;  // S
   int H, W, dilation_h, dilation_w;
   int ih0, iw0;  // input location of tap (0, 0)
 
   __device__ PatchOperand(const uint16_t* input, const Conv2dProblem& pb, const ConvPhase& ph,
-                          const FastDivider& channels, const FastDivider& taps_per_row,
+                          const Divider<int32_t>& channels, const Divider<int32_t>& taps_per_row,
                           int64_t g, int64_t m0)
       : PatchOperand::TapGatherOperand(pb.patch_size(), pb.H * pb.W, channels),
         taps_per_row(taps_per_row),
@@ -438,7 +416,7 @@ struct PatchOperand
   // Offset in `source` of the input pixel read through tap rs = (r, s) at
   // channel 0, or -1 when it is padding (or the thread has no row).
   __device__ __forceinline__ index_t tap(uint32_t rs) const {
-    const uint32_t r = taps_per_row.div(rs), s = rs - r * taps_per_row.divisor;
+    const uint32_t r = taps_per_row.div(rs), s = rs - r * taps_per_row.value;
     const int ih = ih0 + static_cast<int>(r) * dilation_h;
     const int iw = iw0 + static_cast<int>(s) * dilation_w;
     const bool inside = static_cast<unsigned>(ih) < static_cast<unsigned>(H) &&
@@ -449,10 +427,10 @@ struct PatchOperand
 
 // The phase index i with num == i * step, 0 <= i < count, or -1 when num is
 // not such a multiple (the tap does not come from an output location of the phase).
-__device__ __forceinline__ int phase_index(int num, const FastDivider& step, int count) {
+__device__ __forceinline__ int phase_index(int num, const Divider<int32_t>& step, int count) {
   if (num < 0) return -1;
   const int i = static_cast<int>(step.div(static_cast<uint32_t>(num)));
-  return (i * static_cast<int>(step.divisor) == num && i < count) ? i : -1;
+  return (i * static_cast<int>(step.value) == num && i < count) ? i : -1;
 }
 
 // A operand of the input-backward GEMM: A[m, kk] = G[n, g*Kg + k, p, q] with m
@@ -465,16 +443,16 @@ template <typename Shape, typename index_t, bool kOneTapPerRun>
 struct OutputGradOperand
     : TapGatherOperand<OutputGradOperand<Shape, index_t, kOneTapPerRun>, Shape, index_t,
                        kOneTapPerRun> {
-  FastDivider taps_per_row;  // S
-  FastDivider step_h, step_w;  // stride * tile: output rows (columns) between phase rows
+  Divider<int32_t> taps_per_row;  // S
+  Divider<int32_t> step_h, step_w;  // stride * tile: output rows (columns) between phase rows
   int Q, dilation_h, dilation_w;
   int a, b, tile_h, tile_w, P_a, Q_b;
   int row_num0, col_num0;  // h + pad_h - a*stride_h and w + pad_w - b*stride_w
 
   __device__ OutputGradOperand(const uint16_t* grad_output, const Conv2dProblem& pb,
-                               const ConvPhase& ph, const FastDivider& channels,
-                               const FastDivider& taps_per_row, const FastDivider& step_h,
-                               const FastDivider& step_w, int64_t g, int64_t m0)
+                               const ConvPhase& ph, const Divider<int32_t>& channels,
+                               const Divider<int32_t>& taps_per_row, const Divider<int32_t>& step_h,
+                               const Divider<int32_t>& step_w, int64_t g, int64_t m0)
       : OutputGradOperand::TapGatherOperand(pb.R * pb.S * pb.group_out_channels(), pb.P * pb.Q,
                                             channels),
         taps_per_row(taps_per_row),
@@ -505,7 +483,7 @@ struct OutputGradOperand
   // Offset p*Q + q in `source` (channel 0) of the output location whose tap
   // rs = (r, s) reads this thread's input pixel, or -1 when there is none in the phase.
   __device__ __forceinline__ index_t tap(uint32_t rs) const {
-    const uint32_t r = taps_per_row.div(rs), s = rs - r * taps_per_row.divisor;
+    const uint32_t r = taps_per_row.div(rs), s = rs - r * taps_per_row.value;
     const int i = phase_index(row_num0 - static_cast<int>(r) * dilation_h, step_h, P_a);
     const int j = phase_index(col_num0 - static_cast<int>(s) * dilation_w, step_w, Q_b);
     return this->source != nullptr && i >= 0 && j >= 0
@@ -549,7 +527,7 @@ struct ForwardArgs {
   scalar_t* output;         // (N, K, P, Q)
   Conv2dProblem pb;
   ConvPhase phase;
-  FastDivider channels, taps_per_row;  // Cg, S
+  Divider<int32_t> channels, taps_per_row;  // Cg, S
   int64_t n_tiles, group_offset;
   bool vector_weights;      // weight rows 16-byte aligned
 };
@@ -615,7 +593,7 @@ struct InputBackwardArgs {
   float* grad_input;            // (N, C, H, W), accumulated into
   Conv2dProblem pb;
   ConvPhase phase;
-  FastDivider channels, taps_per_row, step_h, step_w;  // Kg, S, stride*tile (rows, columns)
+  Divider<int32_t> channels, taps_per_row, step_h, step_w;  // Kg, S, stride*tile (rows, columns)
   int64_t n_tiles, group_offset;
   bool vector_weights;          // weight_t rows 16-byte aligned
 };
@@ -677,7 +655,7 @@ struct WeightBackwardArgs {
   float* partial;               // (slices, G, Kg, Cg*R*S)
   Conv2dProblem pb;
   ConvPhase phase;
-  FastDivider phase_pixels, phase_columns;  // P_a*Q_b, Q_b
+  Divider<int32_t> phase_pixels, phase_columns;  // P_a*Q_b, Q_b
   int64_t n_tiles, group_offset, steps_per_slice;
 };
 
@@ -702,8 +680,8 @@ struct WeightGradOperands {
   const uint16_t* grad;        // G at (sample 0, the block tile's first channel n0 of the group)
   const PatchRow<index_t>* rows;  // the block's A rows
   int64_t reduction;           // N*P_a*Q_b
-  FastDivider phase_pixels;    // P_a*Q_b
-  FastDivider phase_columns;   // Q_b
+  Divider<int32_t> phase_pixels;    // P_a*Q_b
+  Divider<int32_t> phase_columns;   // Q_b
   index_t in_sample, out_sample, out_plane;  // C*H*W, K*P*Q, P*Q
   // Phase pixel (i, j) reads input rows from ih0 = row_origin + i*row_step
   // (columns likewise) and sits at grad offset grad_origin + i*grad_row_step + j*tile_w.
@@ -716,8 +694,8 @@ struct WeightGradOperands {
 
   __device__ WeightGradOperands(const uint16_t* input_group, const uint16_t* grad_group,
                                 const PatchRow<index_t>* rows, const Conv2dProblem& pb,
-                                const ConvPhase& ph, const FastDivider& phase_pixels,
-                                const FastDivider& phase_columns, int64_t n0)
+                                const ConvPhase& ph, const Divider<int32_t>& phase_pixels,
+                                const Divider<int32_t>& phase_columns, int64_t n0)
       : input(input_group),
         grad(grad_group),
         rows(rows),
@@ -752,13 +730,13 @@ struct WeightGradOperands {
       if constexpr (std::is_same_v<index_t, int32_t>) {
         const uint32_t quotient = phase_pixels.div(static_cast<uint32_t>(kk));
         n = static_cast<index_t>(quotient);
-        rest = static_cast<uint32_t>(kk) - quotient * phase_pixels.divisor;
+        rest = static_cast<uint32_t>(kk) - quotient * phase_pixels.value;
       } else {
-        n = kk / phase_pixels.divisor;
-        rest = static_cast<uint32_t>(kk - n * phase_pixels.divisor);
+        n = kk / phase_pixels.value;
+        rest = static_cast<uint32_t>(kk - n * phase_pixels.value);
       }
       const int i = static_cast<int>(phase_columns.div(rest));
-      const int j = static_cast<int>(rest) - i * static_cast<int>(phase_columns.divisor);
+      const int j = static_cast<int>(rest) - i * static_cast<int>(phase_columns.value);
       ih0 = row_origin + i * row_step;
       iw0 = col_origin + j * col_step;
       image = input + n * in_sample + (static_cast<index_t>(ih0) * W + iw0);
@@ -872,10 +850,10 @@ constexpr int64_t kMaxIndex32 = std::numeric_limits<int32_t>::max() - 64;
 // fewer than 2^31 pixels (coordinates and per-plane divisions are 32-bit).
 void check_tensor_core_problem(const Conv2dProblem& pb, const at::Tensor& t) {
   TORCH_CHECK(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
-              "cnnkit: the tensor-core convolution kernels take torch.float16 or torch.bfloat16, "
+              pb.op, ": the tensor-core convolution kernels take torch.float16 or torch.bfloat16, "
               "but got ", dtype_name(t.scalar_type()));
   TORCH_CHECK(pb.H * pb.W <= kMaxIndex32 && pb.P * pb.Q <= kMaxIndex32,
-              "cnnkit: image planes too large for the tensor-core kernels (", pb.H, "x", pb.W,
+              pb.op, ": image planes too large for the tensor-core kernels (", pb.H, "x", pb.W,
               " input, ", pb.P, "x", pb.Q, " output)");
 }
 
@@ -890,10 +868,10 @@ bool rows_aligned_16(const at::Tensor& t, int64_t length) {
   return length % 8 == 0 && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
 }
 
-unsigned int tile_blocks(int64_t m_size, int64_t n_tiles, int64_t bm) {
+unsigned int tile_blocks(const char* op, int64_t m_size, int64_t n_tiles, int64_t bm) {
   const int64_t blocks = ceil_div<int64_t>(m_size, bm) * n_tiles;
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(),
-              "cnnkit: convolution too large for the tensor-core kernels (", blocks, " tiles)");
+              op, ": convolution too large for the tensor-core kernels (", blocks, " tiles)");
   return static_cast<unsigned int>(blocks);
 }
 
@@ -904,7 +882,7 @@ unsigned int tile_blocks(int64_t m_size, int64_t n_tiles, int64_t bm) {
 template <typename Shape, typename Args, typename KernelFor>
 void launch_tiles(Args& args, int64_t m_size, int64_t groups, unsigned int slices, bool index32,
                   const KernelFor& kernel_for) {
-  const unsigned int blocks = tile_blocks(m_size, args.n_tiles, Shape::BM);
+  const unsigned int blocks = tile_blocks(args.pb.op, m_size, args.n_tiles, Shape::BM);
   CNNKIT_DISPATCH_INDEX(index32, [&] {
     const auto kernel = kernel_for(index_t{});
     for (int64_t g0 = 0; g0 < groups; g0 += kMaxGridZ) {
@@ -930,7 +908,7 @@ void forward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& input,
   TORCH_INTERNAL_ASSERT(!bias.defined() || (bias.scalar_type() == input.scalar_type() &&
                                             bias.numel() == pb.K));
   TORCH_CHECK(pb.patch_size() <= kMaxIndex32,
-              "cnnkit: convolution patch too large for the tensor-core kernels (C/groups*R*S = ",
+              pb.op, ": convolution patch too large for the tensor-core kernels (C/groups*R*S = ",
               pb.patch_size(), ")");
   const int64_t Cg = pb.group_in_channels(), RS = pb.R * pb.S;
   const auto x = input.contiguous();
@@ -944,8 +922,8 @@ void forward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& input,
                                output.mutable_data_ptr<scalar_t>(),
                                pb,
                                phase,
-                               FastDivider(std::max<int64_t>(Cg, 1)),  // unused when Cg = 0
-                               FastDivider(pb.S),
+                               Divider<int32_t>(std::max<int64_t>(Cg, 1)),  // unused when Cg = 0
+                               Divider<int32_t>(pb.S),
                                0,
                                0,
                                rows_aligned_16(w, pb.patch_size())};
@@ -972,7 +950,7 @@ void input_backward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& 
                         grad_input_acc.scalar_type() == at::kFloat &&
                         grad_input_acc.numel() == pb.N * pb.C * pb.H * pb.W);
   TORCH_CHECK(reduction <= kMaxIndex32,
-              "cnnkit: convolution too large for the tensor-core kernels (K/groups*R*S = ",
+              pb.op, ": convolution too large for the tensor-core kernels (K/groups*R*S = ",
               reduction, ")");
   const auto go = grad_output.contiguous();
   // W[g][k][(c, r, s)] -> W_t[g][c][(r, s, k)]: the B rows in the GEMM's reduction order.
@@ -987,10 +965,10 @@ void input_backward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& 
                                          grad_input_acc.mutable_data_ptr<float>(),
                                          pb,
                                          phase,
-                                         FastDivider(Kg),
-                                         FastDivider(pb.S),
-                                         FastDivider(pb.stride_h * pb.tile_h),
-                                         FastDivider(pb.stride_w * pb.tile_w),
+                                         Divider<int32_t>(Kg),
+                                         Divider<int32_t>(pb.S),
+                                         Divider<int32_t>(pb.stride_h * pb.tile_h),
+                                         Divider<int32_t>(pb.stride_w * pb.tile_w),
                                          0,
                                          0,
                                          rows_aligned_16(w_t, reduction)};
@@ -1042,8 +1020,8 @@ void weight_backward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor&
                                             partial.mutable_data_ptr<float>(),
                                             pb,
                                             phase,
-                                            FastDivider(phase.P_a * phase.Q_b),
-                                            FastDivider(phase.Q_b),
+                                            Divider<int32_t>(phase.P_a * phase.Q_b),
+                                            Divider<int32_t>(phase.Q_b),
                                             n_tiles,
                                             0,
                                             steps_per_slice};

@@ -53,6 +53,54 @@ CNNKIT_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
   return a >= 0 ? a / b : -((-a + b - 1) / b);
 }
 
+// Quotients n / d for n >= 0 and a divisor d >= 1 fixed at launch, built on
+// the host. 32-bit: the round-up method, n / d = (umulhi(n, magic) + n) >> shift
+// with shift = ceil(log2 d) and magic = floor(2^32 * (2^shift - d) / d) + 1,
+// exact for every n < 2^31 (the sum stays below 2^32). 64-bit: plain division.
+template <typename index_t>
+struct Divider;
+
+template <>
+struct Divider<int32_t> {
+  int32_t value;
+  uint32_t magic, shift;
+
+  Divider() = default;
+  explicit Divider(int64_t d) {
+    TORCH_CHECK(d >= 1 && d <= std::numeric_limits<int32_t>::max(),
+                "cnnkit: a divisor of the CUDA index arithmetic out of range: ", d);
+    value = static_cast<int32_t>(d);
+    shift = 0;
+    while ((uint64_t{1} << shift) < static_cast<uint64_t>(d)) ++shift;
+    magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - d)) / d + 1);
+  }
+  __device__ __forceinline__ uint32_t div(uint32_t n) const {
+    return (__umulhi(n, magic) + n) >> shift;
+  }
+  __device__ __forceinline__ int32_t div(int32_t n) const {
+    return static_cast<int32_t>(div(static_cast<uint32_t>(n)));
+  }
+  __device__ __forceinline__ void divmod(int32_t n, int32_t& quotient, int32_t& remainder) const {
+    quotient = div(n);
+    remainder = n - quotient * value;
+  }
+};
+
+template <>
+struct Divider<int64_t> {
+  int64_t value;
+
+  Divider() = default;
+  explicit Divider(int64_t d) : value(d) {
+    TORCH_CHECK(d >= 1, "cnnkit: a divisor of the CUDA index arithmetic out of range: ", d);
+  }
+  __device__ __forceinline__ int64_t div(int64_t n) const { return n / value; }
+  __device__ __forceinline__ void divmod(int64_t n, int64_t& quotient, int64_t& remainder) const {
+    quotient = n / value;
+    remainder = n - quotient * value;
+  }
+};
+
 // The float16 / bfloat16 / float32 / float64 dispatch of every CUDA kernel (SPEC 3).
 #define CNNKIT_DISPATCH_CUDA_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, TYPE, NAME, \

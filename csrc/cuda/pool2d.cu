@@ -64,51 +64,6 @@
 namespace cnnkit::cuda {
 namespace {
 
-// --------------------------------------------------------------------------- index arithmetic
-
-// Quotients n / d for n >= 0 and a divisor d >= 1 fixed at launch. 32-bit: the
-// round-up method, n / d = (umulhi(n, magic) + n) >> shift with
-// shift = ceil(log2 d) and magic = floor(2^32 * (2^shift - d) / d) + 1, exact
-// for every n < 2^31 (the sum stays below 2^32). 64-bit: plain division.
-template <typename index_t>
-struct Divider;
-
-template <>
-struct Divider<int32_t> {
-  int32_t value;
-  uint32_t magic, shift;
-
-  Divider() = default;
-  explicit Divider(int64_t d) {
-    TORCH_INTERNAL_ASSERT(d >= 1 && d <= std::numeric_limits<int32_t>::max());
-    value = static_cast<int32_t>(d);
-    shift = 0;
-    while ((uint64_t{1} << shift) < static_cast<uint64_t>(d)) ++shift;
-    magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - d)) / d + 1);
-  }
-  __device__ __forceinline__ int32_t div(int32_t n) const {
-    const uint32_t high = __umulhi(static_cast<uint32_t>(n), magic);
-    return static_cast<int32_t>((high + static_cast<uint32_t>(n)) >> shift);
-  }
-  __device__ __forceinline__ void divmod(int32_t n, int32_t& quotient, int32_t& remainder) const {
-    quotient = div(n);
-    remainder = n - quotient * value;
-  }
-};
-
-template <>
-struct Divider<int64_t> {
-  int64_t value;
-
-  Divider() = default;
-  explicit Divider(int64_t d) : value(d) { TORCH_INTERNAL_ASSERT(d >= 1); }
-  __device__ __forceinline__ int64_t div(int64_t n) const { return n / value; }
-  __device__ __forceinline__ void divmod(int64_t n, int64_t& quotient, int64_t& remainder) const {
-    quotient = n / value;
-    remainder = n - quotient * value;
-  }
-};
-
 // A pooling problem in the index type of one launch, with the divisors its
 // kernels need. The NHWC kernels give `slots` threads to each pixel.
 template <typename index_t>

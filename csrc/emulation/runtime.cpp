@@ -294,10 +294,9 @@ class FiberRunner {
     TORCH_CHECK(!state_.failed, state_.error);
   }
 
-  // Back to the scheduler, from the running fiber; `finished` when it never
+  // Back to the scheduler, from the running fiber f; `finished` when it never
   // comes back.
-  void yield(bool finished = false) {
-    Fiber& f = *fibers_[current_];
+  void yield(Fiber& f, bool finished = false) {
 #if defined(CNNKIT_EMULATION_TSAN)
     __tsan_switch_to_fiber(scheduler_tsan_, __tsan_switch_to_fiber_no_sync);
 #endif
@@ -326,6 +325,7 @@ class FiberRunner {
 
  private:
   void switch_to(Fiber& f) {
+    void* const sp = f.sp;  // read as the scheduler, before ThreadSanitizer moves to the fiber
 #if defined(CNNKIT_EMULATION_TSAN)
     __tsan_switch_to_fiber(f.tsan_fiber, __tsan_switch_to_fiber_no_sync);
 #endif
@@ -333,7 +333,7 @@ class FiberRunner {
     void* fake_stack = nullptr;
     __sanitizer_start_switch_fiber(&fake_stack, f.stack, kFiberStack);
 #endif
-    cnnkit_emulation_switch(&scheduler_sp_, f.sp);
+    cnnkit_emulation_switch(&scheduler_sp_, sp);
 #if defined(CNNKIT_EMULATION_ASAN)
     __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
 #endif
@@ -409,6 +409,7 @@ FiberRunner& runner() {
 void fiber_main() {
   FiberRunner& r = runner();
   r.entered();
+  Fiber& me = r.current_fiber();
   BlockState& b = r.state();
   if (!b.aborted) {
     try {
@@ -420,11 +421,11 @@ void fiber_main() {
       b.fail("unknown exception in a kernel");
     }
   }
-  release(&b.end_token);
-  r.current_fiber().done = true;
   ++b.exited;
   b.check_deadlock();
-  r.yield(/*finished=*/true);
+  release(&b.end_token);  // the last access to the block's state
+  me.done = true;
+  r.yield(me, /*finished=*/true);
   std::abort();  // a finished fiber is never resumed
 }
 
@@ -446,7 +447,8 @@ void arrive(BlockState& b, std::atomic<int>& arrived, std::atomic<std::uint64_t>
   } else {
     ++b.waiting;
     b.check_deadlock();
-    while (generation == seen && !b.aborted) runner().yield();
+    FiberRunner& r = runner();
+    while (generation == seen && !b.aborted) r.yield(r.current_fiber());
     if (generation == seen) throw AbortBlock{};
   }
   acquire(token);
