@@ -40,7 +40,6 @@
 #define CNNKIT_EMULATION_TSAN 1
 #endif
 #if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define CNNKIT_EMULATION_ASAN 1
 #endif
@@ -271,7 +270,7 @@ class FiberRunner {
       Fiber& f = *fibers_[t];
       f.done = false;
       f.context = thread_context(launch, block, t, &state_);
-      f.sp = fresh_stack(f.stack);
+      if (f.sp == nullptr) f.sp = fresh_stack(f.stack);  // else parked at the end of its last block
     }
     // Everything written so far (the block's state, the launch's arguments)
     // happens before the block's threads start.
@@ -294,30 +293,43 @@ class FiberRunner {
     TORCH_CHECK(!state_.failed, state_.error);
   }
 
-  // Back to the scheduler, from the running fiber f; `finished` when it never
-  // comes back.
+  // Back to the scheduler, from the running fiber f; `finished` when it is
+  // done with its block (it comes back for the thread of the same index in the
+  // next block). Everything the fiber reads of the runner is read before
+  // ThreadSanitizer hears of the switch.
   void yield(Fiber& f, bool finished = false) {
+    void* const scheduler_sp = scheduler_sp_;
 #if defined(CNNKIT_EMULATION_TSAN)
-    __tsan_switch_to_fiber(scheduler_tsan_, __tsan_switch_to_fiber_no_sync);
+    void* const scheduler_tsan = scheduler_tsan_;
 #endif
 #if defined(CNNKIT_EMULATION_ASAN)
-    __sanitizer_start_switch_fiber(finished ? nullptr : &f.fake_stack, scheduler_stack_bottom_,
-                                   scheduler_stack_size_);
+    const void* const bottom = scheduler_stack_bottom_;
+    const std::size_t size = scheduler_stack_size_;
 #endif
-    (void)finished;
-    cnnkit_emulation_switch(&f.sp, scheduler_sp_);
+    // A finished fiber's last touch of the block: what it did happens before
+    // what follows the block.
+    if (finished) release(&state_.end_token);
+#if defined(CNNKIT_EMULATION_TSAN)
+    __tsan_switch_to_fiber(scheduler_tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(CNNKIT_EMULATION_ASAN)
+    __sanitizer_start_switch_fiber(&f.fake_stack, bottom, size);
+#endif
+    cnnkit_emulation_switch(&f.sp, scheduler_sp);
 #if defined(CNNKIT_EMULATION_ASAN)
     __sanitizer_finish_switch_fiber(f.fake_stack, nullptr, nullptr);
 #endif
   }
 
-  // First thing a fiber does on its own stack.
+  // First thing a fiber does on its own stack, once.
   void entered() {
 #if defined(CNNKIT_EMULATION_ASAN)
     __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack_bottom_, &scheduler_stack_size_);
 #endif
-    acquire(&state_.start_token);
   }
+
+  // First thing a fiber does for each block it runs.
+  void block_started() { acquire(&state_.start_token); }
 
   BlockState& state() { return state_; }
   void run_body() { body_(closure_); }
@@ -364,11 +376,6 @@ class FiberRunner {
   // A stack whose first switch "returns" into fiber_main (see the layout the
   // switch pops: control words, r15 .. rbp, return address).
   static void* fresh_stack(char* stack) {
-#if defined(CNNKIT_EMULATION_ASAN)
-    // Frames that never returned (a finished fiber's last ones) left their
-    // redzones poisoned.
-    ASAN_UNPOISON_MEMORY_REGION(stack, kFiberStack);
-#endif
     auto top = reinterpret_cast<std::uintptr_t>(stack + kFiberStack) & ~std::uintptr_t{15};
     auto* sp = reinterpret_cast<std::uint64_t*>(top);
     *--sp = 0;  // fiber_main's own return address: it never returns
@@ -406,27 +413,31 @@ FiberRunner& runner() {
   return *fiber_runner;
 }
 
+// A fiber runs one CUDA thread of every block its OS thread runs, in a loop
+// that never returns: no frame of a finished thread is left open (the
+// sanitizers' shadow stacks stay flat), and a stack is set up once.
 void fiber_main() {
   FiberRunner& r = runner();
   r.entered();
-  Fiber& me = r.current_fiber();
-  BlockState& b = r.state();
-  if (!b.aborted) {
-    try {
-      r.run_body();
-    } catch (const AbortBlock&) {
-    } catch (const std::exception& e) {
-      b.fail(e.what());
-    } catch (...) {
-      b.fail("unknown exception in a kernel");
+  for (;;) {
+    r.block_started();
+    Fiber& me = r.current_fiber();
+    BlockState& b = r.state();
+    if (!b.aborted) {
+      try {
+        r.run_body();
+      } catch (const AbortBlock&) {
+      } catch (const std::exception& e) {
+        b.fail(e.what());
+      } catch (...) {
+        b.fail("unknown exception in a kernel");
+      }
     }
+    ++b.exited;
+    b.check_deadlock();
+    me.done = true;
+    r.yield(me, /*finished=*/true);
   }
-  ++b.exited;
-  b.check_deadlock();
-  release(&b.end_token);  // the last access to the block's state
-  me.done = true;
-  r.yield(me, /*finished=*/true);
-  std::abort();  // a finished fiber is never resumed
 }
 
 BlockState& block_of_caller() { return runner().state(); }
