@@ -145,7 +145,8 @@ void depthwise_forward(const Geometry& geo, const at::Tensor& input, const at::T
   const int64_t total = output.numel();
   CNNKIT_DISPATCH_CUDA_FLOATING(input.scalar_type(), "cnnkit_depthwise_forward", [&] {
     CNNKIT_DISPATCH_INDEX(fits_int32({input.numel(), output.numel(), weight.numel()}), [&] {
-      CNNKIT_LAUNCH(grid_for(total), kThreads, 0, current_stream(), depthwise_forward_kernel<scalar_t, index_t>)(
+      CNNKIT_LAUNCH(grid_for(total), kThreads, 0, current_stream(),
+                    depthwise_forward_kernel<scalar_t, index_t>)(
           input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
           bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
           output.mutable_data_ptr<scalar_t>(), geo, total);
@@ -158,13 +159,14 @@ void depthwise_input_backward(const Geometry& geo, const at::Tensor& grad_output
                               const at::Tensor& weight, at::Tensor& grad_input) {
   const int64_t total = grad_input.numel();
   CNNKIT_DISPATCH_CUDA_FLOATING(grad_output.scalar_type(), "cnnkit_depthwise_input_backward", [&] {
-    CNNKIT_DISPATCH_INDEX(fits_int32({grad_output.numel(), grad_input.numel(), weight.numel()}),
-                          [&] {
-      CNNKIT_LAUNCH(grid_for(total), kThreads, 0, current_stream(), depthwise_input_backward_kernel<scalar_t, index_t>)(
-          grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-          grad_input.mutable_data_ptr<scalar_t>(), geo, total);
-      CNNKIT_CHECK_LAUNCH();
-    });
+    CNNKIT_DISPATCH_INDEX(
+        fits_int32({grad_output.numel(), grad_input.numel(), weight.numel()}), [&] {
+          CNNKIT_LAUNCH(grid_for(total), kThreads, 0, current_stream(),
+                        depthwise_input_backward_kernel<scalar_t, index_t>)(
+              grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+              grad_input.mutable_data_ptr<scalar_t>(), geo, total);
+          CNNKIT_CHECK_LAUNCH();
+        });
   });
 }
 
@@ -180,7 +182,8 @@ void depthwise_weight_backward(const Geometry& geo, const at::Tensor& grad_outpu
   CNNKIT_DISPATCH_CUDA_FLOATING(input.scalar_type(), "cnnkit_depthwise_weight_backward", [&] {
     CNNKIT_DISPATCH_INDEX(fits_int32({grad_output.numel(), input.numel()}), [&] {
       const dim3 grid(static_cast<unsigned>(outputs), static_cast<unsigned>(slices));
-      CNNKIT_LAUNCH(grid, kThreads, 0, current_stream(), depthwise_weight_backward_kernel<scalar_t, index_t>)(
+      CNNKIT_LAUNCH(grid, kThreads, 0, current_stream(),
+                    depthwise_weight_backward_kernel<scalar_t, index_t>)(
           grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
           partial.mutable_data_ptr<acc_t<scalar_t>>(), geo);
       CNNKIT_CHECK_LAUNCH();

@@ -189,9 +189,9 @@ void gemm_forward(const Conv2dProblem& pb, const Geometry& geo, const at::Tensor
   });
 }
 
-template void gemm_forward<float>(const Conv2dProblem&, const Geometry&, const at::Tensor&, const at::Tensor&,
-                                   const at::Tensor&, at::Tensor&);
-template void gemm_forward<double>(const Conv2dProblem&, const Geometry&, const at::Tensor&, const at::Tensor&,
-                                   const at::Tensor&, at::Tensor&);
+template void gemm_forward<float>(const Conv2dProblem&, const Geometry&, const at::Tensor&,
+                                  const at::Tensor&, const at::Tensor&, at::Tensor&);
+template void gemm_forward<double>(const Conv2dProblem&, const Geometry&, const at::Tensor&,
+                                   const at::Tensor&, const at::Tensor&, at::Tensor&);
 
 }  // namespace cnnkit::cuda::conv

@@ -235,9 +235,10 @@ __global__ void sum_slices_kernel(const acc_t<scalar_t>* __restrict__ partial,
 inline void sum_slices(const at::Tensor& partial, at::Tensor& out, int64_t slices, int64_t count) {
   CNNKIT_DISPATCH_CUDA_FLOATING(out.scalar_type(), "cnnkit_sum_slices", [&] {
     CNNKIT_DISPATCH_INDEX(fits_int32({slices * count}), [&] {
-      CNNKIT_LAUNCH(grid_for(count), kThreads, 0, current_stream(), sum_slices_kernel<scalar_t, index_t>)(
-          partial.const_data_ptr<acc_t<scalar_t>>(), out.mutable_data_ptr<scalar_t>(),
-          static_cast<int>(slices), count);
+      CNNKIT_LAUNCH(grid_for(count), kThreads, 0, current_stream(),
+                    sum_slices_kernel<scalar_t, index_t>)(partial.const_data_ptr<acc_t<scalar_t>>(),
+                                                          out.mutable_data_ptr<scalar_t>(),
+                                                          static_cast<int>(slices), count);
       CNNKIT_CHECK_LAUNCH();
     });
   });

@@ -330,7 +330,7 @@ struct TapGatherOperand {
   const uint16_t* source;  // row m's sample at the group's first channel; null past the last m
   uint32_t length;         // R*S*channels (< 2^31 - 64, checked on the host)
   index_t plane;           // elements between consecutive channels of `source`
-  Divider<int32_t> channels;    // channels of the group (the fastest part of kk)
+  Divider<int32_t> channels;  // channels of the group (the fastest part of kk)
   int m_local, kk_local;
   uint32_t regs[kElems / 2];
 
@@ -443,7 +443,7 @@ template <typename Shape, typename index_t, bool kOneTapPerRun>
 struct OutputGradOperand
     : TapGatherOperand<OutputGradOperand<Shape, index_t, kOneTapPerRun>, Shape, index_t,
                        kOneTapPerRun> {
-  Divider<int32_t> taps_per_row;  // S
+  Divider<int32_t> taps_per_row;    // S
   Divider<int32_t> step_h, step_w;  // stride * tile: output rows (columns) between phase rows
   int Q, dilation_h, dilation_w;
   int a, b, tile_h, tile_w, P_a, Q_b;
@@ -680,8 +680,8 @@ struct WeightGradOperands {
   const uint16_t* grad;        // G at (sample 0, the block tile's first channel n0 of the group)
   const PatchRow<index_t>* rows;  // the block's A rows
   int64_t reduction;           // N*P_a*Q_b
-  Divider<int32_t> phase_pixels;    // P_a*Q_b
-  Divider<int32_t> phase_columns;   // Q_b
+  Divider<int32_t> phase_pixels;             // P_a*Q_b
+  Divider<int32_t> phase_columns;            // Q_b
   index_t in_sample, out_sample, out_plane;  // C*H*W, K*P*Q, P*Q
   // Phase pixel (i, j) reads input rows from ih0 = row_origin + i*row_step
   // (columns likewise) and sits at grad offset grad_origin + i*grad_row_step + j*tile_w.
@@ -849,12 +849,13 @@ constexpr int64_t kMaxIndex32 = std::numeric_limits<int32_t>::max() - 64;
 // What every tensor-core kernel assumes: a 16-bit dtype, and image planes of
 // fewer than 2^31 pixels (coordinates and per-plane divisions are 32-bit).
 void check_tensor_core_problem(const Conv2dProblem& pb, const at::Tensor& t) {
-  TORCH_CHECK(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
-              pb.op, ": the tensor-core convolution kernels take torch.float16 or torch.bfloat16, "
-              "but got ", dtype_name(t.scalar_type()));
-  TORCH_CHECK(pb.H * pb.W <= kMaxIndex32 && pb.P * pb.Q <= kMaxIndex32,
-              pb.op, ": image planes too large for the tensor-core kernels (", pb.H, "x", pb.W,
-              " input, ", pb.P, "x", pb.Q, " output)");
+  TORCH_CHECK(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, pb.op,
+              ": the tensor-core convolution kernels take torch.float16 or torch.bfloat16, "
+              "but got ",
+              dtype_name(t.scalar_type()));
+  TORCH_CHECK(pb.H * pb.W <= kMaxIndex32 && pb.P * pb.Q <= kMaxIndex32, pb.op,
+              ": image planes too large for the tensor-core kernels (", pb.H, "x", pb.W, " input, ",
+              pb.P, "x", pb.Q, " output)");
 }
 
 template <typename T>
@@ -870,8 +871,8 @@ bool rows_aligned_16(const at::Tensor& t, int64_t length) {
 
 unsigned int tile_blocks(const char* op, int64_t m_size, int64_t n_tiles, int64_t bm) {
   const int64_t blocks = ceil_div<int64_t>(m_size, bm) * n_tiles;
-  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(),
-              op, ": convolution too large for the tensor-core kernels (", blocks, " tiles)");
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), op,
+              ": convolution too large for the tensor-core kernels (", blocks, " tiles)");
   return static_cast<unsigned int>(blocks);
 }
 
@@ -888,7 +889,8 @@ void launch_tiles(Args& args, int64_t m_size, int64_t groups, unsigned int slice
     for (int64_t g0 = 0; g0 < groups; g0 += kMaxGridZ) {
       args.group_offset = g0;
       const auto count = static_cast<unsigned int>(std::min(kMaxGridZ, groups - g0));
-      CNNKIT_LAUNCH(dim3(blocks, slices, count), Shape::kThreads, 0, current_stream(), kernel)(args);
+      CNNKIT_LAUNCH(dim3(blocks, slices, count), Shape::kThreads, 0, current_stream(),
+                    kernel)(args);
       CNNKIT_CHECK_LAUNCH();
     }
   });
@@ -907,8 +909,8 @@ void forward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& input,
                         output.numel() == pb.N * pb.K * pb.P * pb.Q);
   TORCH_INTERNAL_ASSERT(!bias.defined() || (bias.scalar_type() == input.scalar_type() &&
                                             bias.numel() == pb.K));
-  TORCH_CHECK(pb.patch_size() <= kMaxIndex32,
-              pb.op, ": convolution patch too large for the tensor-core kernels (C/groups*R*S = ",
+  TORCH_CHECK(pb.patch_size() <= kMaxIndex32, pb.op,
+              ": convolution patch too large for the tensor-core kernels (C/groups*R*S = ",
               pb.patch_size(), ")");
   const int64_t Cg = pb.group_in_channels(), RS = pb.R * pb.S;
   const auto x = input.contiguous();
@@ -949,9 +951,9 @@ void input_backward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& 
   TORCH_INTERNAL_ASSERT(grad_input_acc.is_contiguous() &&
                         grad_input_acc.scalar_type() == at::kFloat &&
                         grad_input_acc.numel() == pb.N * pb.C * pb.H * pb.W);
-  TORCH_CHECK(reduction <= kMaxIndex32,
-              pb.op, ": convolution too large for the tensor-core kernels (K/groups*R*S = ",
-              reduction, ")");
+  TORCH_CHECK(reduction <= kMaxIndex32, pb.op,
+              ": convolution too large for the tensor-core kernels (K/groups*R*S = ", reduction,
+              ")");
   const auto go = grad_output.contiguous();
   // W[g][k][(c, r, s)] -> W_t[g][c][(r, s, k)]: the B rows in the GEMM's reduction order.
   const auto w_t = weight.contiguous()
@@ -1031,9 +1033,9 @@ void weight_backward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor&
                                 return conv_weight_backward_tc_kernel<scalar_t, Shape,
                                                                       decltype(index)>;
                               });
-          CNNKIT_LAUNCH(grid_for(count), kThreads, 0, current_stream(), sum_slices_kernel<scalar_t>)(
-              partial.const_data_ptr<float>(), slices, count,
-              grad_weight.mutable_data_ptr<scalar_t>());
+          CNNKIT_LAUNCH(grid_for(count), kThreads, 0, current_stream(),
+                        sum_slices_kernel<scalar_t>)(partial.const_data_ptr<float>(), slices, count,
+                                                     grad_weight.mutable_data_ptr<scalar_t>());
           CNNKIT_CHECK_LAUNCH();
         });
       });

@@ -175,7 +175,7 @@ inline unsigned int grid_for(int64_t n, int threads = kThreads) {
 
 // A grid-stride launch of a kernel of kThreads threads over `n` items on the
 // current stream: CNNKIT_LAUNCH_OVER(n, kernel)(args...).
-#define CNNKIT_LAUNCH_OVER(N, ...) \
+#define CNNKIT_LAUNCH_OVER(N, ...)                                        \
   CNNKIT_LAUNCH(::cnnkit::cuda::grid_for(N), ::cnnkit::cuda::kThreads, 0, \
                 ::cnnkit::cuda::current_stream(), __VA_ARGS__)
 

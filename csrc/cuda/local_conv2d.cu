@@ -474,10 +474,12 @@ void launch_forward(const Conv2dProblem& pb, const scalar_t* x, const scalar_t* 
                     const scalar_t* b, scalar_t* out) {
   const auto plan = forward_plan<TN>(pb, sizeof(acc_t<scalar_t>));
   if (!plan) {
-    CNNKIT_LAUNCH(grid_for(pb.N * pb.K * pb.P * pb.Q), kThreads, 0, current_stream(), local_forward_direct<scalar_t>)(x, w, b, out, pb);
+    CNNKIT_LAUNCH(grid_for(pb.N * pb.K * pb.P * pb.Q), kThreads, 0, current_stream(),
+                  local_forward_direct<scalar_t>)(x, w, b, out, pb);
   } else {
     const auto blocks = static_cast<unsigned int>(std::min(plan->tiles, kMaxBlocks));
-    CNNKIT_LAUNCH(blocks, kTileThreads, plan->shared_bytes, current_stream(), local_forward_tiled<scalar_t, TN>)(x, w, b, out, pb, *plan);
+    CNNKIT_LAUNCH(blocks, kTileThreads, plan->shared_bytes, current_stream(),
+                  local_forward_tiled<scalar_t, TN>)(x, w, b, out, pb, *plan);
   }
   CNNKIT_CHECK_LAUNCH();
 }
@@ -742,11 +744,12 @@ void launch_input_backward(const Conv2dProblem& pb, const scalar_t* g, const sca
                            scalar_t* grad_input) {
   const auto plan = input_plan<TN>(pb, sizeof(acc_t<scalar_t>));
   if (!plan) {
-    CNNKIT_LAUNCH(grid_for(pb.N * pb.C * pb.H * pb.W), kThreads, 0, current_stream(), local_input_backward_direct<scalar_t>)(g, w, grad_input,
-                                                                                 pb);
+    CNNKIT_LAUNCH(grid_for(pb.N * pb.C * pb.H * pb.W), kThreads, 0, current_stream(),
+                  local_input_backward_direct<scalar_t>)(g, w, grad_input, pb);
   } else {
     const auto blocks = static_cast<unsigned int>(std::min(plan->tiles, kMaxBlocks));
-    CNNKIT_LAUNCH(blocks, kTileThreads, plan->shared_bytes, current_stream(), local_input_backward_tiled<scalar_t, TN>)(g, w, grad_input, pb, *plan);
+    CNNKIT_LAUNCH(blocks, kTileThreads, plan->shared_bytes, current_stream(),
+                  local_input_backward_tiled<scalar_t, TN>)(g, w, grad_input, pb, *plan);
   }
   CNNKIT_CHECK_LAUNCH();
 }
@@ -929,11 +932,12 @@ void launch_weight_backward(const Conv2dProblem& pb, const scalar_t* g, const sc
                             scalar_t* grad_weight) {
   const auto plan = weight_plan(pb, sizeof(acc_t<scalar_t>));
   if (!plan) {
-    CNNKIT_LAUNCH(grid_for(pb.K * pb.P * pb.Q * pb.patch_size()), kThreads, 0, current_stream(), local_weight_backward_direct<scalar_t>)(
-            g, x, grad_weight, pb);
+    CNNKIT_LAUNCH(grid_for(pb.K * pb.P * pb.Q * pb.patch_size()), kThreads, 0, current_stream(),
+                  local_weight_backward_direct<scalar_t>)(g, x, grad_weight, pb);
   } else {
     const auto blocks = static_cast<unsigned int>(std::min(plan->tiles, kMaxBlocks));
-    CNNKIT_LAUNCH(blocks, kTileThreads, plan->shared_bytes, current_stream(), local_weight_backward_tiled<scalar_t>)(g, x, grad_weight, pb, *plan);
+    CNNKIT_LAUNCH(blocks, kTileThreads, plan->shared_bytes, current_stream(),
+                  local_weight_backward_tiled<scalar_t>)(g, x, grad_weight, pb, *plan);
   }
   CNNKIT_CHECK_LAUNCH();
 }
@@ -1009,7 +1013,8 @@ struct LocalBackend {
   static void local_bias_backward(const at::Tensor& g, at::Tensor& grad_bias) {
     const int64_t N = g.size(0), units = grad_bias.numel();
     CNNKIT_DISPATCH_CUDA_FLOATING(g.scalar_type(), "cnnkit_local_conv2d_bias_backward_cuda", [&] {
-      CNNKIT_LAUNCH(grid_for(units), kThreads, 0, current_stream(), local_bias_backward_kernel<scalar_t>)(
+      CNNKIT_LAUNCH(grid_for(units), kThreads, 0, current_stream(),
+                    local_bias_backward_kernel<scalar_t>)(
           g.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), N, units);
       CNNKIT_CHECK_LAUNCH();
     });

@@ -808,16 +808,16 @@ void launch_global_pool(bool nhwc, const scalar_t* in, scalar_t* out, int64_t* i
   const auto H = static_cast<index_t>(pb.H), W = static_cast<index_t>(pb.W);
   if (nhwc) {
     const int64_t tiles = pb.N * ceil_div<int64_t>(pb.C, 32);  // a block per tile
-    CNNKIT_LAUNCH_OVER(tiles * kThreads, global_pool_nhwc_kernel<R, scalar_t, index_t>)(in, out, indices,
-           static_cast<index_t>(pb.N), static_cast<index_t>(pb.C), H, W);
+    CNNKIT_LAUNCH_OVER(tiles * kThreads, global_pool_nhwc_kernel<R, scalar_t, index_t>)(
+        in, out, indices, static_cast<index_t>(pb.N), static_cast<index_t>(pb.C), H, W);
     CNNKIT_CHECK_LAUNCH();
   } else {
     int group_lanes = 1;
     while (group_lanes < 32 && group_lanes < pb.H * pb.W) group_lanes *= 2;
     const int64_t planes = pb.N * pb.C;
     const int64_t warps = ceil_div<int64_t>(planes, 32 / group_lanes);
-    CNNKIT_LAUNCH_OVER(warps * 32, global_pool_nchw_kernel<R, scalar_t, index_t>)(in, out, indices,
-           static_cast<index_t>(planes), H, W, group_lanes);
+    CNNKIT_LAUNCH_OVER(warps * 32, global_pool_nchw_kernel<R, scalar_t, index_t>)(
+        in, out, indices, static_cast<index_t>(planes), H, W, group_lanes);
     CNNKIT_CHECK_LAUNCH();
   }
 }
@@ -839,7 +839,9 @@ void launch_avg_pool(const Pool2dProblem& pb, bool nhwc, const at::Tensor& x, at
         const auto g = make_geometry<index_t>(pb, slots);
         const int64_t items = nhwc ? pixels * slots : out.numel();
         with_layout(nhwc, [&](auto layout) {
-          CNNKIT_LAUNCH_OVER(items, avg_pool_kernel<kAdaptive, scalar_t, index_t, decltype(layout)::value>)(in, o, g, static_cast<index_t>(items));
+          CNNKIT_LAUNCH_OVER(
+              items, avg_pool_kernel<kAdaptive, scalar_t, index_t, decltype(layout)::value>)(
+              in, o, g, static_cast<index_t>(items));
           CNNKIT_CHECK_LAUNCH();
         });
       }
@@ -859,14 +861,14 @@ void launch_avg_pool_backward(const Pool2dProblem& pb, bool nhwc, const at::Tens
       scalar_t* g_in = grad_input.mutable_data_ptr<scalar_t>();
       const auto H = static_cast<index_t>(pb.H), W = static_cast<index_t>(pb.W);
       if (global && nhwc) {
-        CNNKIT_LAUNCH_OVER(total, global_avg_pool_backward_kernel<scalar_t, index_t, true>)(g_out, g_in,
-               Divider<index_t>(pb.C), Divider<index_t>(pb.H * pb.W * pb.C), H, W,
-               static_cast<index_t>(total));
+        CNNKIT_LAUNCH_OVER(total, global_avg_pool_backward_kernel<scalar_t, index_t, true>)(
+            g_out, g_in, Divider<index_t>(pb.C), Divider<index_t>(pb.H * pb.W * pb.C), H, W,
+            static_cast<index_t>(total));
         CNNKIT_CHECK_LAUNCH();
       } else if (global) {
-        CNNKIT_LAUNCH_OVER(total, global_avg_pool_backward_kernel<scalar_t, index_t, false>)(g_out, g_in,
-               Divider<index_t>(pb.C), Divider<index_t>(pb.H * pb.W), H, W,
-               static_cast<index_t>(total));
+        CNNKIT_LAUNCH_OVER(total, global_avg_pool_backward_kernel<scalar_t, index_t, false>)(
+            g_out, g_in, Divider<index_t>(pb.C), Divider<index_t>(pb.H * pb.W), H, W,
+            static_cast<index_t>(total));
         CNNKIT_CHECK_LAUNCH();
       } else {
         const int64_t pixels = pb.N * pb.H * pb.W;
@@ -874,7 +876,10 @@ void launch_avg_pool_backward(const Pool2dProblem& pb, bool nhwc, const at::Tens
         const auto g = make_geometry<index_t>(pb, slots);
         const int64_t items = nhwc ? pixels * slots : total;
         with_layout(nhwc, [&](auto layout) {
-          CNNKIT_LAUNCH_OVER(items, avg_pool_backward_kernel<kAdaptive, scalar_t, index_t, decltype(layout)::value>)(g_out, g_in, g, static_cast<index_t>(items));
+          CNNKIT_LAUNCH_OVER(
+              items,
+              avg_pool_backward_kernel<kAdaptive, scalar_t, index_t, decltype(layout)::value>)(
+              g_out, g_in, g, static_cast<index_t>(items));
           CNNKIT_CHECK_LAUNCH();
         });
       }
@@ -910,16 +915,20 @@ struct PoolBackend {
         with_layout(nhwc, [&](auto layout) {
           constexpr bool kNhwc = decltype(layout)::value;
           if (adaptive) {
-            CNNKIT_LAUNCH_OVER(items, adaptive_max_pool_kernel<scalar_t, index_t, kNhwc>)(in, o, ix, g, n);
+            CNNKIT_LAUNCH_OVER(items, adaptive_max_pool_kernel<scalar_t, index_t, kNhwc>)(in, o, ix,
+                                                                                          g, n);
             CNNKIT_CHECK_LAUNCH();
           } else if (fixed_kernel(pb) == 3) {
-            CNNKIT_LAUNCH_OVER(items, max_pool_kernel<scalar_t, index_t, kNhwc, 3>)(in, o, ix, g, n);
+            CNNKIT_LAUNCH_OVER(items, max_pool_kernel<scalar_t, index_t, kNhwc, 3>)(in, o, ix, g,
+                                                                                    n);
             CNNKIT_CHECK_LAUNCH();
           } else if (fixed_kernel(pb) == 2) {
-            CNNKIT_LAUNCH_OVER(items, max_pool_kernel<scalar_t, index_t, kNhwc, 2>)(in, o, ix, g, n);
+            CNNKIT_LAUNCH_OVER(items, max_pool_kernel<scalar_t, index_t, kNhwc, 2>)(in, o, ix, g,
+                                                                                    n);
             CNNKIT_CHECK_LAUNCH();
           } else {
-            CNNKIT_LAUNCH_OVER(items, max_pool_kernel<scalar_t, index_t, kNhwc, 0>)(in, o, ix, g, n);
+            CNNKIT_LAUNCH_OVER(items, max_pool_kernel<scalar_t, index_t, kNhwc, 0>)(in, o, ix, g,
+                                                                                    n);
             CNNKIT_CHECK_LAUNCH();
           }
         });
@@ -949,16 +958,19 @@ struct PoolBackend {
       const unsigned int reach_blocks = std::min<unsigned int>(
           grid_for(index_count), static_cast<unsigned int>(multiprocessor_count() * 4));
       with_layout(nhwc, [&](auto layout) {
-        CNNKIT_LAUNCH(reach_blocks, kThreads, 0, stream, max_index_reach_kernel<index_t, decltype(layout)::value>)(i, g, static_cast<index_t>(index_count),
-                                                    reach_values);
+        CNNKIT_LAUNCH(reach_blocks, kThreads, 0, stream,
+                      max_index_reach_kernel<index_t, decltype(layout)::value>)(
+            i, g, static_cast<index_t>(index_count), reach_values);
       });
       CNNKIT_CHECK_LAUNCH();
       CNNKIT_DISPATCH_CUDA_FLOATING(grad_input.scalar_type(), "cnnkit.max_pool2d_backward", [&] {
         const scalar_t* g_out = go.const_data_ptr<scalar_t>();
         scalar_t* g_in = grad_input.mutable_data_ptr<scalar_t>();
         with_layout(nhwc, [&](auto layout) {
-          CNNKIT_LAUNCH_OVER(items, max_pool_backward_kernel<scalar_t, index_t, decltype(layout)::value>)(g_out, i, static_cast<const unsigned long long*>(reach_values), g_in, g,
-                 static_cast<index_t>(items));
+          CNNKIT_LAUNCH_OVER(items,
+                             max_pool_backward_kernel<scalar_t, index_t, decltype(layout)::value>)(
+              g_out, i, static_cast<const unsigned long long*>(reach_values), g_in, g,
+              static_cast<index_t>(items));
           CNNKIT_CHECK_LAUNCH();
         });
       });
@@ -993,8 +1005,8 @@ struct PoolBackend {
         scalar_t* o = out.mutable_data_ptr<scalar_t>();
         int64_t* ix = index.mutable_data_ptr<int64_t>();
         with_layout(nhwc, [&](auto layout) {
-          CNNKIT_LAUNCH_OVER(total, channel_max_kernel<scalar_t, index_t, decltype(layout)::value>)(in, o, ix,
-                 g, static_cast<index_t>(total));
+          CNNKIT_LAUNCH_OVER(total, channel_max_kernel<scalar_t, index_t, decltype(layout)::value>)(
+              in, o, ix, g, static_cast<index_t>(total));
           CNNKIT_CHECK_LAUNCH();
         });
       });
@@ -1012,7 +1024,9 @@ struct PoolBackend {
         const int64_t* i = ix.const_data_ptr<int64_t>();
         scalar_t* g_in = grad_input.mutable_data_ptr<scalar_t>();
         with_layout(nhwc, [&](auto layout) {
-          CNNKIT_LAUNCH_OVER(total, channel_max_backward_kernel<scalar_t, index_t, decltype(layout)::value>)(g_out, i, g_in, g, static_cast<index_t>(total));
+          CNNKIT_LAUNCH_OVER(
+              total, channel_max_backward_kernel<scalar_t, index_t, decltype(layout)::value>)(
+              g_out, i, g_in, g, static_cast<index_t>(total));
           CNNKIT_CHECK_LAUNCH();
         });
       });

@@ -32,8 +32,6 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
-#include "emulation/runtime.h"
-
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -42,6 +40,8 @@
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
+
+#include "emulation/runtime.h"
 
 #ifndef CNNKIT_EMULATED_CUDA
 #define CNNKIT_EMULATED_CUDA 1
@@ -118,7 +118,9 @@ inline cudaError_t cudaGetDevice(int* device) {
 }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int /*device*/) {
   switch (attribute) {
-    case cudaDevAttrMultiProcessorCount: *value = cnnkit::emulation::kMultiprocessors; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount:
+      *value = cnnkit::emulation::kMultiprocessors;
+      return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
       *value = static_cast<int>(cnnkit::emulation::kMaxSharedOptin);
       return cudaSuccess;
@@ -140,11 +142,11 @@ cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute attribute, in
 }
 
 #ifndef C10_CUDA_CHECK
-#define C10_CUDA_CHECK(EXPR)                                                              \
-  do {                                                                                    \
-    const cudaError_t cnnkit_emulated_error = (EXPR);                                     \
-    TORCH_CHECK(cnnkit_emulated_error == cudaSuccess, "emulated CUDA error: ",            \
-                cudaGetErrorString(cnnkit_emulated_error));                               \
+#define C10_CUDA_CHECK(EXPR)                                                         \
+  do {                                                                               \
+    const cudaError_t cnnkit_emulated_error = (EXPR);                                \
+    TORCH_CHECK(cnnkit_emulated_error == cudaSuccess,                                \
+                "emulated CUDA error: ", cudaGetErrorString(cnnkit_emulated_error)); \
   } while (false)
 #endif
 
@@ -194,7 +196,8 @@ T __shfl_down_sync(unsigned int mask, T value, unsigned int delta, int width = 3
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "shuffles move at most 8 bytes");
   const int lane = ::cnnkit::emulation::lane_id();
   const int in_segment = lane % width;
-  const int source = in_segment + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
+  const int source =
+      in_segment + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
   std::uint64_t bits = 0;
   std::memcpy(&bits, &value, sizeof(T));
   bits = ::cnnkit::emulation::warp_exchange(mask, bits, source);
@@ -228,8 +231,8 @@ inline unsigned int __umulhi(unsigned int a, unsigned int b) {
 
 inline unsigned long long atomicMax(unsigned long long* address, unsigned long long value) {
   unsigned long long old = __atomic_load_n(address, __ATOMIC_RELAXED);
-  while (old < value &&
-         !__atomic_compare_exchange_n(address, &old, value, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  while (old < value && !__atomic_compare_exchange_n(address, &old, value, true, __ATOMIC_RELAXED,
+                                                     __ATOMIC_RELAXED)) {
   }
   return old;
 }
@@ -242,8 +245,8 @@ struct LaunchConfig {
   dim3 grid, block;
   std::size_t dynamic_shared;
   const void* kernel;
-  const char* name;                  // as the launch spells it
-  const std::type_info* signature;   // of the kernel function
+  const char* name;                 // as the launch spells it
+  const std::type_info* signature;  // of the kernel function
 };
 
 // Checks the configuration as the hardware does, then runs body() once per
@@ -260,20 +263,22 @@ struct Launcher {
     // Kernel parameters are copied at launch, as CUDA does.
     using Closure = std::pair<void (*)(Params...), std::tuple<std::decay_t<Params>...>>;
     const Closure closure{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
-    launch(config,
-           [](const void* p) {
-             const auto& c = *static_cast<const Closure*>(p);
-             std::apply(c.first, c.second);
-           },
-           &closure);
+    launch(
+        config,
+        [](const void* p) {
+          const auto& c = *static_cast<const Closure*>(p);
+          std::apply(c.first, c.second);
+        },
+        &closure);
   }
 };
 
 template <typename... Params>
 Launcher<Params...> make_launcher(void (*kernel)(Params...), dim3 grid, dim3 block,
                                   std::size_t dynamic_shared, cudaStream_t, const char* name) {
-  return {kernel, {grid, block, dynamic_shared, reinterpret_cast<const void*>(kernel), name,
-                   &typeid(void (*)(Params...))}};
+  return {kernel,
+          {grid, block, dynamic_shared, reinterpret_cast<const void*>(kernel), name,
+           &typeid(void (*)(Params...))}};
 }
 
 }  // namespace cnnkit::emulation
@@ -284,7 +289,8 @@ Launcher<Params...> make_launcher(void (*kernel)(Params...), dim3 grid, dim3 blo
   ::cnnkit::emulation::make_launcher(__VA_ARGS__, GRID, BLOCK, SHARED, STREAM, #__VA_ARGS__)
 
 // The block's dynamic shared memory as `unsigned char* NAME`, 16-byte aligned.
-#define CNNKIT_DYNAMIC_SHARED(NAME) unsigned char* const NAME = ::cnnkit::emulation::dynamic_shared_memory()
+#define CNNKIT_DYNAMIC_SHARED(NAME) \
+  unsigned char* const NAME = ::cnnkit::emulation::dynamic_shared_memory()
 
 // ------------------------------------------------------------------ WMMA
 
@@ -316,7 +322,8 @@ inline int first_element() { return 8 * ::cnnkit::emulation::lane_id(); }
 template <typename T>
 inline void check_operand(const T* ptr, unsigned int ldm) {
   if (reinterpret_cast<std::uintptr_t>(ptr) % 32 != 0) {
-    ::cnnkit::emulation::device_error("WMMA load or store from a pointer that is not 256-bit aligned");
+    ::cnnkit::emulation::device_error(
+        "WMMA load or store from a pointer that is not 256-bit aligned");
   }
   if ((ldm * sizeof(T)) % 16 != 0) {
     ::cnnkit::emulation::device_error("WMMA leading dimension is not a multiple of 16 bytes");
@@ -336,7 +343,8 @@ inline std::size_t offset(int row, int col, unsigned int ldm) {
 }  // namespace detail
 
 template <typename Use, typename T, typename Layout, typename Source>
-void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const Source* ptr, unsigned int ldm) {
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const Source* ptr,
+                      unsigned int ldm) {
   static_assert(!std::is_same_v<Use, accumulator>, "accumulator loads take a layout");
   detail::check_operand(ptr, ldm);
   const int first = detail::first_element();

@@ -15,11 +15,9 @@
 // memory between two threads of a block is reported as on a GPU it is a
 // race; to AddressSanitizer each switch moves to the fiber's own stack. The
 // emulator's own bookkeeping is atomic, invisible to ThreadSanitizer.
-#include "emulation/cuda_emulation.h"
 #include "emulation/runtime.h"
 
 #include <ATen/Parallel.h>
-
 #include <cxxabi.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -34,6 +32,8 @@
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include "emulation/cuda_emulation.h"
 
 #if defined(__SANITIZE_THREAD__)
 #include <sanitizer/tsan_interface.h>

@@ -117,8 +117,8 @@ at::Tensor dynamic_shared(int64_t bytes, int64_t opt_in) {
 
 at::Tensor shared_per_block(int64_t blocks) {
   auto out = ints(blocks * 64);
-  CNNKIT_LAUNCH(static_cast<unsigned>(blocks), 64, 0, current_stream(), shared_per_block_kernel)(
-      out.data_ptr<int>());
+  CNNKIT_LAUNCH(static_cast<unsigned>(blocks), 64, 0, current_stream(),
+                shared_per_block_kernel)(out.data_ptr<int>());
   return out.view({blocks, 64});
 }
 
