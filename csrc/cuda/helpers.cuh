@@ -4,14 +4,14 @@
 // device guard (after the checks: a guard on a CPU tensor would fail with an
 // internal error before the clear one) -> early return on an empty result ->
 // dtype dispatch -> launch on the current stream -> CNNKIT_CHECK_LAUNCH().
-#pragma once
-
 //
 // The same sources also build as host C++ for the emulated backend
 // (csrc/emulation/, CNNKIT_EMULATED_CUDA): what differs between the two
 // builds -- kernel launches, dynamic shared memory, the device guard and
 // stream, the library the kernels register in -- is spelled through the
 // macros and functions below, never with CUDA's own syntax in a kernel file.
+#pragma once
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>

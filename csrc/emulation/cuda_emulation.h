@@ -154,15 +154,11 @@ cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute attribute, in
 
 namespace cnnkit::emulation {
 
-struct BlockState;
-
-// What a CUDA thread sees of itself. Set by the emulator for the thread (or
-// fiber) that runs.
+// What a CUDA thread sees of itself. Set by the emulator for the fiber that runs.
 struct ThreadContext {
   uint3 thread_idx, block_idx;
   dim3 block_dim, grid_dim;
   int linear;  // thread index within the block, x fastest
-  BlockState* block;
 };
 
 ThreadContext& this_thread();

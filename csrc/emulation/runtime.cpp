@@ -133,8 +133,6 @@ cnnkit_emulation_switch:
   .size cnnkit_emulation_switch, .-cnnkit_emulation_switch
 )");
 
-}  // namespace
-
 // ------------------------------------------------------------------ block state
 
 // The block that runs on this OS thread: barrier bookkeeping, warp scratch,
@@ -218,8 +216,6 @@ struct BlockState {
   }
 };
 
-namespace {
-
 // ------------------------------------------------------------------ fibers
 
 struct Fiber {
@@ -269,7 +265,7 @@ class FiberRunner {
     for (int t = 0; t < threads; ++t) {
       Fiber& f = *fibers_[t];
       f.done = false;
-      f.context = thread_context(launch, block, t, &state_);
+      f.context = thread_context(launch, block, t);
       if (f.sp == nullptr) f.sp = fresh_stack(f.stack);  // else parked at the end of its last block
     }
     // Everything written so far (the block's state, the launch's arguments)
@@ -351,11 +347,10 @@ class FiberRunner {
 #endif
   }
 
-  static ThreadContext thread_context(const LaunchConfig& launch, uint3 block, int t,
-                                      BlockState* state) {
+  static ThreadContext thread_context(const LaunchConfig& launch, uint3 block, int t) {
     const unsigned bx = launch.block.x, by = launch.block.y;
     const unsigned u = static_cast<unsigned>(t);
-    return {{u % bx, (u / bx) % by, u / (bx * by)}, block, launch.block, launch.grid, t, state};
+    return {{u % bx, (u / bx) % by, u / (bx * by)}, block, launch.block, launch.grid, t};
   }
 
   void grow(int threads) {
