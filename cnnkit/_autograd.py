@@ -1,169 +1,437 @@
-"""Autograd for the cnnkit ops.
+"""Differentiation and batching of every cnnkit op, in every autograd mode.
 
-Each op gets its backward through ``torch.library.register_autograd``, which
-wraps it in a ``torch.autograd.Function``: ``setup_context`` saves what the
-backward needs, and every backward is written with cnnkit ops that are
-themselves differentiable, so gradients of gradients (double backward) work.
+Each op ``torch.ops.cnnkit.<name>`` gets one ``torch.autograd.Function`` with
+four rules, all written with cnnkit ops (which have these rules in turn, so
+the rules compose to any order):
 
-Convolution -- dense, unshared (local) or tiled alike -- is bilinear in
-(input, weight), and its three views close under differentiation:
+* ``backward`` -- reverse mode: ``Tensor.backward``, ``torch.autograd.grad``,
+  ``torch.func.grad`` / ``jacrev``;
+* ``jvp`` -- forward mode: ``torch.autograd.forward_ad``, ``torch.func.jvp`` /
+  ``jacfwd`` / ``hessian``;
+* ``vmap`` -- the batching rule: ``torch.func.vmap`` runs one batched call of
+  the op instead of a loop over samples.
+
+The Function is the op's Autograd kernel (what ``torch.library.register_autograd``
+installs, but with ``setup_context``, ``jvp`` and ``vmap`` too, which functorch's
+transforms need), and the batching rule is also the op's FuncTorchBatched
+kernel, so the ops work the same called directly or through
+:mod:`cnnkit.functional`, eagerly or under ``torch.compile``.
+
+Convolution -- dense, local or tiled alike -- is bilinear in (input, weight),
+and its three views close under differentiation:
 
     Z  = conv(V, K)                     forward
     dV = input_backward(G, K)           (for dense: conv_transpose2d(G, K))
     dK = weight_backward(G, V)
 
-<conv(V, K), G> = <V, input_backward(G, K)> = <K, weight_backward(G, V)>,
-so the derivative of each view with respect to either argument is one of the
-other two views. The bias gradient is a sum of G; its adjoint spreads a
-gradient back over the summed positions.
+<conv(V, K), G> = <V, input_backward(G, K)> = <K, weight_backward(G, V)>, so
+the derivative of each view with respect to either argument is one of the
+other two views, and the tangent of a bilinear view is the view of the
+tangents, one argument at a time: d conv(V, K) = conv(dV, K) + conv(V, dK).
+
+Batching: a vmapped input (or output gradient) folds into the batch
+dimension; a vmapped weight folds into the groups -- B independent
+convolutions of C channels are one convolution of B*C channels in B*groups
+groups -- with the input's batched copies side by side in the channels.
 """
 from __future__ import annotations
 
+import collections
+import types
+
 import torch
+import torch.autograd.forward_ad as fwAD
+from torch import _C
+from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
-_ops = torch.ops.cnnkit
+from ._kinds import DENSE, KINDS
+
+_library = torch.library.Library("cnnkit", "IMPL")
+
+# The cnnkit ops as Python calls, published as cnnkit.ops: ops.conv2d(...) is
+# torch.ops.cnnkit.conv2d(...), except under functorch's transforms, which must
+# meet the op's autograd.Function before the dispatcher (as torch.func requires
+# of every autograd.Function). cnnkit.functional and every rule below call these.
+ops = types.SimpleNamespace()
 
 
-def _needs(ctx, i):
-    return ctx.needs_input_grad[i]
+def _forward_ad_active():
+    return fwAD._current_level >= 0 and _C._is_fwd_grad_enabled()
+
+
+def _sum(terms):
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return None
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+def _register(name, *, backward, jvp, vmap):
+    """Installs the rules of op `name`. Each rule sees the op's arguments by
+    name (a namedtuple of the schema's argument names):
+
+        backward(needs, args, saved_outputs, *grads) -> {argument name: gradient}
+        jvp(args, tangents, saved_outputs, output_shapes) -> output tangent(s);
+            None is a zero tangent
+        vmap(batch_size, in_dims, args) -> (output(s), out_dims)
+
+    saved_outputs are the op's integer outputs (the indices of a max pool)."""
+    op = getattr(torch.ops.cnnkit, name).default
+    arguments = op._schema.arguments
+    Args = collections.namedtuple(f"{name}_arguments", [a.name for a in arguments])
+    tensor_positions = [i for i, a in enumerate(arguments) if str(a.type) in ("Tensor", "Tensor?")]
+
+    def setup_context(ctx, inputs, output):
+        outputs = output if isinstance(output, tuple) else (output,)
+        integer_outputs = [o for o in outputs if not o.is_floating_point()]
+        ctx.mark_non_differentiable(*integer_outputs)
+        tensors = [inputs[i] for i in tensor_positions] + integer_outputs
+        ctx.save_for_backward(*tensors)
+        ctx.save_for_forward(*tensors)
+        ctx.arguments = [None if i in tensor_positions else v for i, v in enumerate(inputs)]
+        ctx.output_shapes = [o.shape for o in outputs]
+
+    def saved(ctx):
+        tensors = ctx.saved_tensors
+        values = list(ctx.arguments)
+        for j, i in enumerate(tensor_positions):
+            values[i] = tensors[j]
+        return Args(*values), tensors[len(tensor_positions):]
+
+    def backward_rule(ctx, *grads):
+        args, outputs = saved(ctx)
+        grads_by_name = backward(Args(*ctx.needs_input_grad), args, outputs, *grads)
+        return tuple(grads_by_name.get(n) for n in Args._fields)
+
+    def jvp_rule(ctx, *tangents):
+        args, outputs = saved(ctx)
+        result = jvp(args, Args(*tangents), outputs, ctx.output_shapes)
+        if len(ctx.output_shapes) == 1:
+            return _zero_if_none(result, args, ctx.output_shapes[0])
+        first, *rest = result  # the integer outputs have no tangent
+        return (_zero_if_none(first, args, ctx.output_shapes[0]), *rest)
+
+    def vmap_rule(info, in_dims, *args):
+        return vmap(info.batch_size, Args(*in_dims), Args(*args))
+
+    function = type(f"{name}_function", (torch.autograd.Function,), {
+        "forward": staticmethod(lambda *args: op(*args)),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward_rule),
+        "jvp": staticmethod(jvp_rule),
+        "vmap": staticmethod(vmap_rule),
+    })
+
+    def autograd_kernel(keyset, *args):
+        # Inside the Function's forward, grad and forward grad are off and the
+        # op falls through to its backend kernel.
+        if (_C.is_grad_enabled() and _C._any_requires_grad(*args)) or _forward_ad_active():
+            if _C._are_functorch_transforms_active():
+                transform = retrieve_current_functorch_interpreter().key().name.lower()
+                raise RuntimeError(
+                    f"cnnkit.{name}: torch.func.{transform} cannot differentiate "
+                    f"torch.ops.cnnkit.{name} called directly (functorch meets an op's "
+                    f"autograd only before the dispatcher); call cnnkit.ops.{name}, "
+                    f"cnnkit.functional or a cnnkit.nn layer instead")
+            return function.apply(*args)
+        with _C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & _C._after_autograd_keyset, *args)
+
+    def call(*args):
+        if not torch.compiler.is_compiling() and _C._are_functorch_transforms_active():
+            return function.apply(*args)
+        return op(*args)
+
+    call.__name__ = call.__qualname__ = name
+    setattr(ops, name, call)
+
+    _library.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+    torch.library.register_vmap(f"cnnkit::{name}", vmap_rule, lib=_library)
+
+
+def _zero_if_none(tangent, args, shape):
+    if tangent is not None:
+        return tangent
+    primal = next(a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+    return primal.new_zeros(shape)
+
+
+def _late(name):
+    """ops.<name>, looked up when called (the rules of one op call ops registered after it)."""
+    return lambda *args: getattr(ops, name)(*args)
+
+
+def bias_gradient(grad_output, bias_shape):
+    """The gradient of a bias of `bias_shape` added to an output whose gradient
+    is grad_output (N, K, P, Q): summed over the positions each entry serves.
+    (K,) -- over samples and locations; (K, P, Q) (local, or untied) -- over
+    samples; (K, tH, tW) -- over samples and the locations of each tile."""
+    if len(bias_shape) == 1:
+        return ops.conv2d_bias_backward(grad_output)
+    if list(bias_shape[1:]) == list(grad_output.shape[2:]):
+        return ops.local_conv2d_bias_backward(grad_output)
+    return ops.tiled_conv2d_bias_backward(grad_output, list(bias_shape[1:]))
+
+
+def spread_bias(bias, output_shape):
+    """The bias term of an output of `output_shape` (N, K, P, Q) as a broadcast
+    view: bias (K,), (K, P, Q) or tiled (K, tH, tW), where location (p, q) gets
+    entry (p % tH, q % tW). Also the adjoint of :func:`bias_gradient`."""
+    N, K, P, Q = output_shape
+    if bias.dim() == 1:
+        return bias.view(1, K, 1, 1).expand(output_shape)
+    tH, tW = bias.shape[1:]
+    if (tH, tW) != (P, Q):
+        rows = torch.arange(P, device=bias.device) % tH
+        cols = torch.arange(Q, device=bias.device) % tW
+        bias = bias.index_select(1, rows).index_select(2, cols)
+    return bias.unsqueeze(0).expand(output_shape)
+
+
+# --------------------------------------------------------------------------- batching helpers
+
+
+def _batched(t, dim, batch_size):
+    """`t` with its vmapped dimension first; an unbatched `t` repeated."""
+    if t is None:
+        return None
+    if dim is None:
+        return t.unsqueeze(0).expand(batch_size, *t.shape)
+    return t.movedim(dim, 0)
+
+
+def _into_channels(t):
+    """(B, N, C, H, W) -> (N, B*C, H, W): the B copies side by side in the channels."""
+    return t.transpose(0, 1).flatten(1, 2)
+
+
+def _out_of_channels(t, batch_size):
+    """(N, B*C, H, W) -> (N, B, C, H, W): undoes _into_channels, vmapped dim 1."""
+    return t.unflatten(1, (batch_size, t.shape[1] // batch_size))
+
+
+def _into_batch(t):
+    """(B, N, ...) -> (B*N, ...)."""
+    return t.flatten(0, 1)
+
+
+def _out_of_batch(t, batch_size):
+    return t.unflatten(0, (batch_size, t.shape[0] // batch_size)) if batch_size else t
+
+
+def _unbatched_except(dims, name):
+    return all(d is None for n, d in zip(dims._fields, dims) if n != name)
 
 
 # --------------------------------------------------------------------------- convolution
 
 
-class _ConvFamily:
-    """What differs between dense, local and tiled convolution for autograd:
-    where the kernel size sits in the weight, and the shape of the bias."""
-
-    def __init__(self, name, kernel_dims, tile_dims=None):
-        self.name = name
-        self.forward = getattr(_ops, name)
-        self.input_backward = getattr(_ops, f"{name}_input_backward")
-        self.weight_backward_op = getattr(_ops, f"{name}_weight_backward")
-        self.bias_backward_op = getattr(_ops, f"{name}_bias_backward")
-        self.kernel_dims = kernel_dims
-        self.tile_dims = tile_dims
-
-    def weight_backward(self, grad, x, w, stride, padding, dilation, groups):
-        kernel = [w.shape[d] for d in self.kernel_dims]
-        if self.tile_dims is None:
-            return self.weight_backward_op(grad, x, kernel, stride, padding, dilation, groups)
-        tiles = [w.shape[d] for d in self.tile_dims]
-        return self.weight_backward_op(grad, x, kernel, tiles, stride, padding, dilation, groups)
-
-    def bias_backward(self, grad, w):
-        if self.tile_dims is None:
-            return self.bias_backward_op(grad)
-        return self.bias_backward_op(grad, [w.shape[d] for d in self.tile_dims])
-
-    def register(self):
-        family = self
-
-        def setup(ctx, inputs, output):
-            ctx.save_for_backward(inputs[0], inputs[1])
-            ctx.geometry = inputs[3:]  # (stride, padding, dilation, groups)
-
-        def forward_backward(ctx, grad):
-            x, w = ctx.saved_tensors
-            geometry = ctx.geometry
-            gx = gw = gb = None
-            if _needs(ctx, 0):
-                gx = family.input_backward(grad, w, x.shape[2:], *geometry)
-            if _needs(ctx, 1):
-                gw = family.weight_backward(grad, x, w, *geometry)
-            if _needs(ctx, 2):
-                gb = family.bias_backward(grad, w)
-            return gx, gw, gb, None, None, None, None
-
-        def input_backward_backward(ctx, gg):
-            # dV = T(G, K), linear in each: d/dG <- conv(gg, K); d/dK <- weight_backward(G, gg).
-            g, w = ctx.saved_tensors
-            d_g = d_w = None
-            if _needs(ctx, 0):
-                d_g = family.forward(gg, w, None, *ctx.geometry)
-            if _needs(ctx, 1):
-                d_w = family.weight_backward(g, gg, w, *ctx.geometry)
-            return d_g, d_w, None, None, None, None, None
-
-        def weight_backward_setup(ctx, inputs, output):
-            ctx.save_for_backward(inputs[0], inputs[1])
-            ctx.geometry = inputs[-4:]  # (stride, padding, dilation, groups)
-
-        def weight_backward_backward(ctx, gg):
-            # dK = U(G, V): d/dG <- conv(V, gg); d/dV <- input_backward(G, gg).
-            g, x = ctx.saved_tensors
-            d_g = d_x = None
-            if _needs(ctx, 0):
-                d_g = family.forward(x, gg, None, *ctx.geometry)
-            if _needs(ctx, 1):
-                d_x = family.input_backward(g, gg, x.shape[2:], *ctx.geometry)
-            return (d_g, d_x) + (None,) * (len(ctx.needs_input_grad) - 2)
-
-        def bias_backward_setup(ctx, inputs, output):
-            ctx.grad_shape = inputs[0].shape
-
-        def bias_backward_backward(ctx, gg):
-            return (_spread_bias(gg, ctx.grad_shape),) + (None,) * (len(ctx.needs_input_grad) - 1)
-
-        name = f"cnnkit::{self.name}"
-        torch.library.register_autograd(name, forward_backward, setup_context=setup)
-        torch.library.register_autograd(f"{name}_input_backward", input_backward_backward,
-                                        setup_context=setup)
-        torch.library.register_autograd(f"{name}_weight_backward", weight_backward_backward,
-                                        setup_context=weight_backward_setup)
-        torch.library.register_autograd(f"{name}_bias_backward", bias_backward_backward,
-                                        setup_context=bias_backward_setup)
+def _geometry(a):
+    return a.stride, a.padding, a.dilation, a.groups
 
 
-def _spread_bias(gg, grad_shape):
-    """Adjoint of the bias gradient: gg of the bias's shape, (K,), (K, P, Q) or
-    (K, tH, tW), spread over the (N, K, P, Q) positions each bias entry serves."""
-    N, K, P, Q = grad_shape
-    if gg.dim() == 1:
-        return gg.view(1, K, 1, 1).expand(grad_shape)
-    tH, tW = gg.shape[1:]
-    if (tH, tW) != (P, Q):  # tiled: location (p, q) gets entry (p % tH, q % tW)
-        gg = gg.repeat(1, -(-P // tH), -(-Q // tW))[:, :P, :Q]
-    return gg.unsqueeze(0).expand(grad_shape)
+def _register_conv_kind(kind):
+    forward, input_backward = _late(kind.name), _late(f"{kind.name}_input_backward")
+    weight_backward_op = _late(f"{kind.name}_weight_backward")
+    bias_backward_op = _late(f"{kind.name}_bias_backward")
+    tiled = kind.tile_dims is not None
+
+    def weight_backward(grad, x, like_weight, geometry):
+        """The weight gradient for a weight of `like_weight`'s kernel size and tiles."""
+        kernel = list(kind.kernel_size(like_weight))
+        if tiled:
+            return weight_backward_op(grad, x, kernel, list(kind.tiles(like_weight)), *geometry)
+        return weight_backward_op(grad, x, kernel, *geometry)
+
+    def weight_backward_of(grad, x, a):
+        """weight_backward with the kernel size (and tiles) of the arguments `a`."""
+        if tiled:
+            return weight_backward_op(grad, x, a.kernel_size, a.tiles, *_geometry(a))
+        return weight_backward_op(grad, x, a.kernel_size, *_geometry(a))
+
+    # ---- forward: Z = conv(V, K) + b
+
+    def forward_backward(needs, a, _, grad):
+        geometry = _geometry(a)
+        return {
+            "input": input_backward(grad, a.weight, a.input.shape[2:], *geometry)
+            if needs.input else None,
+            "weight": weight_backward(grad, a.input, a.weight, geometry) if needs.weight else None,
+            "bias": bias_gradient(grad, a.bias.shape) if needs.bias else None,
+        }
+
+    def forward_jvp(a, t, _, output_shapes):
+        geometry = _geometry(a)
+        bias_term = t.bias
+        terms = []
+        if t.input is not None:
+            terms.append(forward(t.input, a.weight, bias_term, *geometry))
+            bias_term = None
+        if t.weight is not None:
+            terms.append(forward(a.input, t.weight, bias_term, *geometry))
+            bias_term = None
+        if bias_term is not None:
+            terms.append(spread_bias(bias_term, output_shapes[0]))
+        return _sum(terms)
+
+    def forward_vmap(B, dims, a):
+        stride, padding, dilation, groups = _geometry(a)
+        if _unbatched_except(dims, "input"):
+            x = a.input.movedim(dims.input, 0)
+            out = forward(_into_batch(x), a.weight, a.bias, stride, padding, dilation, groups)
+            return _out_of_batch(out, B), 0
+        x = _into_channels(_batched(a.input, dims.input, B))
+        w = _into_batch(_batched(a.weight, dims.weight, B))
+        b = None if a.bias is None else _into_batch(_batched(a.bias, dims.bias, B))
+        out = forward(x, w, b, stride, padding, dilation, groups * B)
+        return _out_of_channels(out, B), 1
+
+    # ---- input gradient: dV = T(G, K), linear in each
+
+    def input_backward_backward(needs, a, _, gg):
+        geometry = _geometry(a)
+        return {
+            "grad_output": forward(gg, a.weight, None, *geometry) if needs.grad_output else None,
+            "weight": weight_backward(a.grad_output, gg, a.weight, geometry)
+            if needs.weight else None,
+        }
+
+    def input_backward_jvp(a, t, _, __):
+        geometry = _geometry(a)
+        return _sum([
+            None if t.grad_output is None
+            else input_backward(t.grad_output, a.weight, a.input_size, *geometry),
+            None if t.weight is None
+            else input_backward(a.grad_output, t.weight, a.input_size, *geometry),
+        ])
+
+    def input_backward_vmap(B, dims, a):
+        stride, padding, dilation, groups = _geometry(a)
+        if _unbatched_except(dims, "grad_output"):
+            g = a.grad_output.movedim(dims.grad_output, 0)
+            out = input_backward(_into_batch(g), a.weight, a.input_size, stride, padding, dilation,
+                                 groups)
+            return _out_of_batch(out, B), 0
+        g = _into_channels(_batched(a.grad_output, dims.grad_output, B))
+        w = _into_batch(_batched(a.weight, dims.weight, B))
+        out = input_backward(g, w, a.input_size, stride, padding, dilation, groups * B)
+        return _out_of_channels(out, B), 1
+
+    # ---- weight gradient: dK = U(G, V), linear in each
+
+    def weight_backward_backward(needs, a, _, gg):
+        geometry = _geometry(a)
+        return {
+            "grad_output": forward(a.input, gg, None, *geometry) if needs.grad_output else None,
+            "input": input_backward(a.grad_output, gg, a.input.shape[2:], *geometry)
+            if needs.input else None,
+        }
+
+    def weight_backward_jvp(a, t, _, __):
+        return _sum([
+            None if t.grad_output is None else weight_backward_of(t.grad_output, a.input, a),
+            None if t.input is None else weight_backward_of(a.grad_output, t.input, a),
+        ])
+
+    def weight_backward_vmap(B, dims, a):
+        g = _into_channels(_batched(a.grad_output, dims.grad_output, B))
+        x = _into_channels(_batched(a.input, dims.input, B))
+        folded = a._replace(grad_output=g, input=x, groups=a.groups * B)
+        out = weight_backward_of(g, x, folded)
+        return _out_of_batch(out, B), 0
+
+    # ---- bias gradient: a sum of G; its adjoint spreads back over the summed positions
+
+    def bias_backward_call(grad, a):
+        return bias_backward_op(grad, a.tiles) if tiled else bias_backward_op(grad)
+
+    def bias_backward_backward(needs, a, _, gg):
+        return {"grad_output": spread_bias(gg, a.grad_output.shape) if needs.grad_output else None}
+
+    def bias_backward_jvp(a, t, _, __):
+        return bias_backward_call(t.grad_output, a)
+
+    def bias_backward_vmap(B, dims, a):
+        g = _into_channels(a.grad_output.movedim(dims.grad_output, 0))
+        return _out_of_batch(bias_backward_call(g, a), B), 0
+
+    _register(kind.name, backward=forward_backward, jvp=forward_jvp, vmap=forward_vmap)
+    _register(f"{kind.name}_input_backward", backward=input_backward_backward,
+              jvp=input_backward_jvp, vmap=input_backward_vmap)
+    _register(f"{kind.name}_weight_backward", backward=weight_backward_backward,
+              jvp=weight_backward_jvp, vmap=weight_backward_vmap)
+    _register(f"{kind.name}_bias_backward", backward=bias_backward_backward,
+              jvp=bias_backward_jvp, vmap=bias_backward_vmap)
 
 
-_ConvFamily("conv2d", kernel_dims=(2, 3)).register()
-_ConvFamily("local_conv2d", kernel_dims=(4, 5)).register()
-_ConvFamily("tiled_conv2d", kernel_dims=(2, 3), tile_dims=(4, 5)).register()
+for _kind in KINDS.values():
+    _register_conv_kind(_kind)
 
 
-def _conv_transpose_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1])
-    stride, padding, output_padding, groups, dilation = inputs[3:]
-    ctx.geometry = (stride, padding, dilation, groups)
+# ---- transposed convolution: Y = T(X, K) + b with T = conv2d_input_backward (X plays G)
 
 
-def _conv_transpose2d_backward(ctx, grad):
-    # Y = T(X, K) + b, with T = conv2d_input_backward: X plays the role of G.
+def _transpose_geometry(a):
+    return a.stride, a.padding, a.output_padding, a.groups, a.dilation
+
+
+def _conv_transpose2d_backward(needs, a, _, grad):
     # When output_padding is not below the stride, conv2d(Y) has more rows or
     # columns (P, Q) than X (H, W) and T is the adjoint of conv2d cut to the
     # first H x W outputs: the extra outputs are dropped from dX, and X is
     # zero-extended to (P, Q) for dK.
-    x, w = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.geometry
+    x, w = a.input, a.weight
+    geometry = (a.stride, a.padding, a.dilation, a.groups)
     H, W = x.shape[2:]
-    gx = gw = gb = None
-    if _needs(ctx, 0) or _needs(ctx, 1):
-        full = _ops.conv2d(grad, w, None, stride, padding, dilation, groups)
+    grads = {}
+    if needs.input or needs.weight:
+        full = ops.conv2d(grad, w, None, *geometry)
         P, Q = full.shape[2:]
-        if _needs(ctx, 0):
-            gx = full[:, :, :H, :W] if (P, Q) != (H, W) else full
-        if _needs(ctx, 1):
+        if needs.input:
+            grads["input"] = full[:, :, :H, :W] if (P, Q) != (H, W) else full
+        if needs.weight:
             x_ext = torch.nn.functional.pad(x, (0, Q - W, 0, P - H)) if (P, Q) != (H, W) else x
-            gw = _ops.conv2d_weight_backward(x_ext, grad, w.shape[2:], stride, padding, dilation,
-                                             groups)
-    if _needs(ctx, 2):
-        gb = _ops.conv2d_bias_backward(grad)
-    return gx, gw, gb, None, None, None, None, None
+            grads["weight"] = ops.conv2d_weight_backward(x_ext, grad, DENSE.kernel_size(w),
+                                                          *geometry)
+    if needs.bias:
+        grads["bias"] = bias_gradient(grad, a.bias.shape)
+    return grads
 
 
-torch.library.register_autograd("cnnkit::conv_transpose2d", _conv_transpose2d_backward,
-                                setup_context=_conv_transpose_setup)
+def _conv_transpose2d_jvp(a, t, _, output_shapes):
+    geometry = _transpose_geometry(a)
+    bias_term = t.bias
+    terms = []
+    if t.input is not None:
+        terms.append(ops.conv_transpose2d(t.input, a.weight, bias_term, *geometry))
+        bias_term = None
+    if t.weight is not None:
+        terms.append(ops.conv_transpose2d(a.input, t.weight, bias_term, *geometry))
+        bias_term = None
+    if bias_term is not None:
+        terms.append(spread_bias(bias_term, output_shapes[0]))
+    return _sum(terms)
+
+
+def _conv_transpose2d_vmap(B, dims, a):
+    stride, padding, output_padding, groups, dilation = _transpose_geometry(a)
+    if _unbatched_except(dims, "input"):
+        x = a.input.movedim(dims.input, 0)
+        out = ops.conv_transpose2d(_into_batch(x), a.weight, a.bias, stride, padding,
+                                    output_padding, groups, dilation)
+        return _out_of_batch(out, B), 0
+    x = _into_channels(_batched(a.input, dims.input, B))
+    w = _into_batch(_batched(a.weight, dims.weight, B))  # (B*C_in, C_out/g, kH, kW)
+    b = None if a.bias is None else _into_batch(_batched(a.bias, dims.bias, B))
+    out = ops.conv_transpose2d(x, w, b, stride, padding, output_padding, groups * B, dilation)
+    return _out_of_channels(out, B), 1
+
+
+_register("conv_transpose2d", backward=_conv_transpose2d_backward, jvp=_conv_transpose2d_jvp,
+          vmap=_conv_transpose2d_vmap)
 
 
 # --------------------------------------------------------------------------- pooling
@@ -171,125 +439,112 @@ torch.library.register_autograd("cnnkit::conv_transpose2d", _conv_transpose2d_ba
 # Every pooling gradient is linear in grad_output G, and the ops close under
 # differentiation through their adjoints:
 #   max:      dX = max_pool2d_backward(G, indices), a scatter of G to the maxima;
-#             its adjoint gathers at the same indices.
-#   average:  dX = avg_pool2d_backward(G); its adjoint is avg_pool2d.
-#   adaptive: dX = adaptive_avg_pool2d_backward(G); its adjoint is adaptive_avg_pool2d.
+#             its adjoint -- and the tangent of the pool -- gathers at the indices.
+#   average:  dX = avg_pool2d_backward(G); its adjoint is avg_pool2d, which is
+#             linear: its tangent is the pooled tangent.
+#   adaptive: as average, with adaptive_avg_pool2d(_backward).
 #   channel:  dX = channel_max_pool_backward(G, indices); its adjoint gathers channels.
 # The input enters the backward ops only through its shape (and, for max, through
-# the indices, which are piecewise constant): their gradient with respect to it is
-# zero. Indices are integers and not differentiable.
+# the indices, which are piecewise constant): their derivative with respect to
+# it is zero. Indices are integers and not differentiable.
+#
+# Batching: every pooling op works plane by plane, so vmapped dimensions of all
+# its tensors fold into the batch.
 
 
-def _max_pool_setup(ctx, inputs, output):
-    _, indices = output
-    ctx.mark_non_differentiable(indices)
-    ctx.save_for_backward(inputs[0], indices)
-    ctx.num_args = len(inputs)
+def _pool_vmap(name):
+    op = _late(name)
+
+    def vmap(B, dims, a):
+        tensors = {n: _into_batch(_batched(getattr(a, n), d, B))
+                   for n, d in zip(a._fields, dims) if isinstance(getattr(a, n), torch.Tensor)}
+        out = op(*a._replace(**tensors))
+        if isinstance(out, tuple):
+            return tuple(_out_of_batch(o, B) for o in out), (0,) * len(out)
+        return _out_of_batch(out, B), 0
+    return vmap
 
 
-def _max_pool_backward(ctx, grad, _grad_indices):
-    x, indices = ctx.saved_tensors
-    gx = _ops.max_pool2d_backward(grad, x, indices) if _needs(ctx, 0) else None
-    return (gx,) + (None,) * (ctx.num_args - 1)
+def _gather_planes(t, indices):
+    """t[n, c, indices[n, c, p, q]] over flat positions within each plane."""
+    N, C = indices.shape[:2]
+    return t.reshape(N, C, -1).gather(2, indices.reshape(N, C, -1)).view(indices.shape)
 
 
-def _max_pool_backward_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[2])
+def _max_pool_backward(needs, a, saved, grad, _grad_indices):
+    (indices,) = saved
+    return {"input": ops.max_pool2d_backward(grad, a.input, indices) if needs.input else None}
 
 
-def _max_pool2d_backward_backward(ctx, gg):
-    # dX[n, c, indices[n, c, p, q]] += G[n, c, p, q]: the adjoint reads gg there,
-    # a torch.gather (differentiable in turn: its adjoint is the scatter again).
-    (indices,) = ctx.saved_tensors
-    d_g = None
-    if _needs(ctx, 0):
-        d_g = gg.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
-    return d_g, None, None
+def _max_pool_jvp(a, t, saved, _):
+    (indices,) = saved
+    return _gather_planes(t.input, indices), None
 
 
-def _avg_pool_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    # (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
-    ctx.geometry = inputs[1:]
+for _name in ("max_pool2d", "adaptive_max_pool2d"):
+    _register(_name, backward=_max_pool_backward, jvp=_max_pool_jvp,
+              vmap=_pool_vmap(_name))
+
+_register(
+    "max_pool2d_backward",
+    backward=lambda needs, a, _, gg: {
+        "grad_output": _gather_planes(gg, a.indices) if needs.grad_output else None},
+    jvp=lambda a, t, _, __: None if t.grad_output is None else
+    ops.max_pool2d_backward(t.grad_output, a.input, a.indices),
+    vmap=_pool_vmap("max_pool2d_backward"))
 
 
-def _avg_pool2d_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    gx = _ops.avg_pool2d_backward(grad, x, *ctx.geometry) if _needs(ctx, 0) else None
-    return (gx,) + (None,) * 6
+def _avg_geometry(a):
+    return (a.kernel_size, a.stride, a.padding, a.ceil_mode, a.count_include_pad,
+            a.divisor_override)
 
 
-def _avg_pool_backward_setup(ctx, inputs, output):
-    ctx.geometry = inputs[2:]
+_register(
+    "avg_pool2d",
+    backward=lambda needs, a, _, grad: {
+        "input": ops.avg_pool2d_backward(grad, a.input, *_avg_geometry(a))
+        if needs.input else None},
+    jvp=lambda a, t, _, __: ops.avg_pool2d(t.input, *_avg_geometry(a)),
+    vmap=_pool_vmap("avg_pool2d"))
+_register(
+    "avg_pool2d_backward",
+    backward=lambda needs, a, _, gg: {
+        "grad_output": ops.avg_pool2d(gg, *_avg_geometry(a)) if needs.grad_output else None},
+    jvp=lambda a, t, _, __: None if t.grad_output is None else
+    ops.avg_pool2d_backward(t.grad_output, a.input, *_avg_geometry(a)),
+    vmap=_pool_vmap("avg_pool2d_backward"))
+_register(
+    "adaptive_avg_pool2d",
+    backward=lambda needs, a, _, grad: {
+        "input": ops.adaptive_avg_pool2d_backward(grad, a.input) if needs.input else None},
+    jvp=lambda a, t, _, __: ops.adaptive_avg_pool2d(t.input, a.output_size),
+    vmap=_pool_vmap("adaptive_avg_pool2d"))
+_register(
+    "adaptive_avg_pool2d_backward",
+    backward=lambda needs, a, _, gg: {
+        "grad_output": ops.adaptive_avg_pool2d(gg, list(a.grad_output.shape[2:]))
+        if needs.grad_output else None},
+    jvp=lambda a, t, _, __: None if t.grad_output is None else
+    ops.adaptive_avg_pool2d_backward(t.grad_output, a.input),
+    vmap=_pool_vmap("adaptive_avg_pool2d_backward"))
 
 
-def _avg_pool2d_backward_backward(ctx, gg):
-    d_g = _ops.avg_pool2d(gg, *ctx.geometry) if _needs(ctx, 0) else None
-    return (d_g,) + (None,) * 7
+def _channel_max_pool_backward(needs, a, saved, grad, _grad_indices):
+    (indices,) = saved
+    return {"input": ops.channel_max_pool_backward(grad, a.input, indices, a.pool_size)
+            if needs.input else None}
 
 
-def _adaptive_avg_pool_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-
-
-def _adaptive_avg_pool2d_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    gx = _ops.adaptive_avg_pool2d_backward(grad, x) if _needs(ctx, 0) else None
-    return gx, None
-
-
-def _adaptive_avg_pool_backward_setup(ctx, inputs, output):
-    ctx.output_size = list(inputs[0].shape[2:])
-
-
-def _adaptive_avg_pool2d_backward_backward(ctx, gg):
-    d_g = _ops.adaptive_avg_pool2d(gg, ctx.output_size) if _needs(ctx, 0) else None
-    return d_g, None
-
-
-def _channel_max_pool_setup(ctx, inputs, output):
-    _, indices = output
-    ctx.mark_non_differentiable(indices)
-    ctx.save_for_backward(inputs[0], indices)
-    ctx.pool_size = inputs[1]
-
-
-def _channel_max_pool_backward(ctx, grad, _grad_indices):
-    x, indices = ctx.saved_tensors
-    gx = None
-    if _needs(ctx, 0):
-        gx = _ops.channel_max_pool_backward(grad, x, indices, ctx.pool_size)
-    return gx, None
-
-
-def _channel_max_pool_backward_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[2])
-
-
-def _channel_max_pool_backward_backward(ctx, gg):
-    # dX[n, indices[n, k, h, w], h, w] = G[n, k, h, w]: the adjoint reads gg there.
-    (indices,) = ctx.saved_tensors
-    d_g = gg.gather(1, indices) if _needs(ctx, 0) else None
-    return d_g, None, None, None
-
-
-torch.library.register_autograd("cnnkit::max_pool2d", _max_pool_backward,
-                                setup_context=_max_pool_setup)
-torch.library.register_autograd("cnnkit::adaptive_max_pool2d", _max_pool_backward,
-                                setup_context=_max_pool_setup)
-torch.library.register_autograd("cnnkit::max_pool2d_backward", _max_pool2d_backward_backward,
-                                setup_context=_max_pool_backward_setup)
-torch.library.register_autograd("cnnkit::avg_pool2d", _avg_pool2d_backward,
-                                setup_context=_avg_pool_setup)
-torch.library.register_autograd("cnnkit::avg_pool2d_backward", _avg_pool2d_backward_backward,
-                                setup_context=_avg_pool_backward_setup)
-torch.library.register_autograd("cnnkit::adaptive_avg_pool2d", _adaptive_avg_pool2d_backward,
-                                setup_context=_adaptive_avg_pool_setup)
-torch.library.register_autograd("cnnkit::adaptive_avg_pool2d_backward",
-                                _adaptive_avg_pool2d_backward_backward,
-                                setup_context=_adaptive_avg_pool_backward_setup)
-torch.library.register_autograd("cnnkit::channel_max_pool", _channel_max_pool_backward,
-                                setup_context=_channel_max_pool_setup)
-torch.library.register_autograd("cnnkit::channel_max_pool_backward",
-                                _channel_max_pool_backward_backward,
-                                setup_context=_channel_max_pool_backward_setup)
+_register(
+    "channel_max_pool",
+    backward=_channel_max_pool_backward,
+    # out[n, k, h, w] = x[n, indices[n, k, h, w], h, w]: the tangent is gathered there.
+    jvp=lambda a, t, saved, _: (t.input.gather(1, saved[0]), None),
+    vmap=_pool_vmap("channel_max_pool"))
+_register(
+    "channel_max_pool_backward",
+    backward=lambda needs, a, _, gg: {
+        "grad_output": gg.gather(1, a.indices) if needs.grad_output else None},
+    jvp=lambda a, t, _, __: None if t.grad_output is None else
+    ops.channel_max_pool_backward(t.grad_output, a.input, a.indices, a.pool_size),
+    vmap=_pool_vmap("channel_max_pool_backward"))

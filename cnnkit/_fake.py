@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ._kinds import DENSE, LOCAL, TILED, output_size
+
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -90,88 +92,70 @@ def _conv_geometry(fn, C, H, W, K, R, S, stride, padding, dilation, groups):
     _check(eff_r <= padded_h and eff_s <= padded_w, fn, ": expected the kernel (", eff_r, "x", eff_s,
            " after dilation) to fit in the padded input (", padded_h, "x", padded_w,
            "), but it is larger")
-    P = (padded_h - eff_r) // stride[0] + 1
-    Q = (padded_w - eff_s) // stride[1] + 1
+    P = output_size(H, R, stride[0], pad[0], pad[1], dilation[0])
+    Q = output_size(W, S, stride[1], pad[2], pad[3], dilation[1])
     return P, Q
 
 
-class _WeightLayout:
-    """Where each size sits in the weight of the three convolution kinds (as
-    WeightLayout in csrc/problem.cpp): dense (K, C/g, R, S), local
-    (K, P, Q, C/g, R, S), tiled (K, C/g, R, S, tH, tW)."""
-
-    def __init__(self, layout, k, cg, r, s, p=None, q=None, th=None, tw=None):
-        self.dims = len(layout.split(","))
-        self.layout, self.k, self.cg, self.r, self.s = layout, k, cg, r, s
-        self.p, self.q, self.th, self.tw = p, q, th, tw
-
-    def check_weight(self, fn, weight, C, groups, P, Q):
-        _check(weight.shape[self.cg] * groups == C, fn, ": expected weight.shape[", self.cg,
-               "] = input channels / groups = ", C, " / ", groups, ", but got weight of shape ",
+def _check_weight(fn, kind, weight, C, groups, P, Q):
+    cg = kind.in_channels_dim
+    _check(weight.shape[cg] * groups == C, fn, ": expected weight.shape[", cg,
+           "] = input channels / groups = ", C, " / ", groups, ", but got weight of shape ",
+           _shape(weight))
+    if kind.output_dims is not None:
+        p, q = kind.output_dims
+        _check(weight.shape[p] == P and weight.shape[q] == Q, fn, ": expected weight.shape[", p,
+               ":", q + 1, "] = output size [", P, ", ", Q, "], but got weight of shape ",
                _shape(weight))
-        if self.p is not None:
-            _check(weight.shape[self.p] == P and weight.shape[self.q] == Q, fn,
-                   ": expected weight.shape[", self.p, ":", self.q + 1, "] = output size [", P,
-                   ", ", Q, "], but got weight of shape ", _shape(weight))
-        if self.th is not None:
-            _check(weight.shape[self.th] > 0 and weight.shape[self.tw] > 0, fn,
-                   ": expected tiles to be positive, but got weight of shape ", _shape(weight))
-
-    def bias_shape(self, weight, K, P, Q):
-        if self.p is not None:
-            return [K, P, Q]
-        if self.th is not None:
-            return [K, weight.shape[self.th], weight.shape[self.tw]]
-        return [K]
+    if kind.tile_dims is not None:
+        _check(all(t > 0 for t in kind.tiles(weight)), fn,
+               ": expected tiles to be positive, but got weight of shape ", _shape(weight))
 
 
-_DENSE = _WeightLayout("(C_out, C_in/groups, kH, kW)", 0, 1, 2, 3)
-_LOCAL = _WeightLayout("(C_out, OH, OW, C_in/groups, kH, kW)", 0, 3, 4, 5, p=1, q=2)
-_TILED = _WeightLayout("(C_out, C_in/groups, kH, kW, tH, tW)", 0, 1, 2, 3, th=4, tw=5)
-
-
-def _check_bias(fn, input, bias, expected):
+def _check_bias(fn, input, bias, shapes):
+    """`shapes`: the bias shapes accepted, the op's own first, the untied one next."""
     if bias is None:
         return
     check_same_device_dtype(fn, "input", input, "bias", bias)
-    _check(_shape(bias) == list(expected), fn, ": expected bias of shape ", list(expected),
-           ", but got shape ", _shape(bias))
+    _check(_shape(bias) in shapes, fn, ": expected bias of shape ",
+           " or ".join(str(list(s)) for s in shapes), ", but got shape ", _shape(bias))
 
 
-def _check_weight_tensor(fn, L, arg, data, weight):
-    check_dim(fn, "weight", weight, L.layout, L.dims)
+def _check_weight_tensor(fn, kind, arg, data, weight):
+    check_dim(fn, "weight", weight, kind.layout, kind.weight_dims)
     check_dtype(fn, arg, data)
     check_same_device_dtype(fn, arg, data, "weight", weight)
 
 
-def _forward_fake(fn, L, input, weight, bias, stride, padding, dilation, groups):
+def _forward_fake(fn, kind, input, weight, bias, stride, padding, dilation, groups):
     check_dim(fn, "input", input, "(N, C, H, W)")
-    _check_weight_tensor(fn, L, "input", input, weight)
+    _check_weight_tensor(fn, kind, "input", input, weight)
     N, C, H, W = input.shape
-    K = weight.shape[L.k]
-    P, Q = _conv_geometry(fn, C, H, W, K, weight.shape[L.r], weight.shape[L.s], stride, padding,
-                          dilation, groups)
-    L.check_weight(fn, weight, C, groups, P, Q)
-    _check_bias(fn, input, bias, L.bias_shape(weight, K, P, Q))
+    K = weight.shape[0]
+    P, Q = _conv_geometry(fn, C, H, W, K, *kind.kernel_size(weight), stride, padding, dilation,
+                          groups)
+    _check_weight(fn, kind, weight, C, groups, P, Q)
+    _check_bias(fn, input, bias, kind.bias_shapes(weight, (P, Q)))
     return _empty_in_format_of(input, (N, K, P, Q), weight)
 
 
-def _input_backward_fake(fn, L, grad_output, weight, input_size, stride, padding, dilation, groups):
+def _input_backward_fake(fn, kind, grad_output, weight, input_size, stride, padding, dilation,
+                         groups):
     check_dim(fn, "grad_output", grad_output, "(N, C_out, OH, OW)")
-    _check_weight_tensor(fn, L, "grad_output", grad_output, weight)
+    _check_weight_tensor(fn, kind, "grad_output", grad_output, weight)
     input_size = list(input_size)
     _check(len(input_size) == 2 and input_size[0] > 0 and input_size[1] > 0, fn,
            ": expected input_size of 2 positive entries, but got input_size=", input_size)
-    K = weight.shape[L.k]
+    K = weight.shape[0]
     _check(grad_output.shape[1] == K, fn, ": expected grad_output.shape[1] = weight.shape[0] = ",
            K, ", but got grad_output of shape ", _shape(grad_output))
-    C = weight.shape[L.cg] * groups
-    P, Q = _conv_geometry(fn, C, *input_size, K, weight.shape[L.r], weight.shape[L.s], stride,
-                          padding, dilation, groups)
+    C = weight.shape[kind.in_channels_dim] * groups
+    P, Q = _conv_geometry(fn, C, *input_size, K, *kind.kernel_size(weight), stride, padding,
+                          dilation, groups)
     _check(grad_output.shape[2] == P and grad_output.shape[3] == Q, fn,
            ": expected grad_output of spatial size [", P, ", ", Q, "] for input_size ", input_size,
            ", but got shape ", _shape(grad_output))
-    L.check_weight(fn, weight, C, groups, P, Q)
+    _check_weight(fn, kind, weight, C, groups, P, Q)
     return _empty_in_format_of(grad_output, (grad_output.shape[0], C, *input_size), weight)
 
 
@@ -202,13 +186,13 @@ def _check_bias_backward(fn, grad_output):
 
 @torch.library.register_fake("cnnkit::conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
-    return _forward_fake("cnnkit.conv2d", _DENSE, input, weight, bias, stride, padding, dilation,
+    return _forward_fake("cnnkit.conv2d", DENSE, input, weight, bias, stride, padding, dilation,
                          groups)
 
 
 @torch.library.register_fake("cnnkit::conv2d_input_backward")
 def _conv2d_input_backward_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
-    return _input_backward_fake("cnnkit.conv2d_input_backward", _DENSE, grad_output, weight,
+    return _input_backward_fake("cnnkit.conv2d_input_backward", DENSE, grad_output, weight,
                                 input_size, stride, padding, dilation, groups)
 
 
@@ -227,14 +211,14 @@ def _conv2d_bias_backward_fake(grad_output):
 
 @torch.library.register_fake("cnnkit::local_conv2d")
 def _local_conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
-    return _forward_fake("cnnkit.local_conv2d", _LOCAL, input, weight, bias, stride, padding,
+    return _forward_fake("cnnkit.local_conv2d", LOCAL, input, weight, bias, stride, padding,
                          dilation, groups)
 
 
 @torch.library.register_fake("cnnkit::local_conv2d_input_backward")
 def _local_conv2d_input_backward_fake(grad_output, weight, input_size, stride, padding, dilation,
                                       groups):
-    return _input_backward_fake("cnnkit.local_conv2d_input_backward", _LOCAL, grad_output, weight,
+    return _input_backward_fake("cnnkit.local_conv2d_input_backward", LOCAL, grad_output, weight,
                                 input_size, stride, padding, dilation, groups)
 
 
@@ -254,14 +238,14 @@ def _local_conv2d_bias_backward_fake(grad_output):
 
 @torch.library.register_fake("cnnkit::tiled_conv2d")
 def _tiled_conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
-    return _forward_fake("cnnkit.tiled_conv2d", _TILED, input, weight, bias, stride, padding,
+    return _forward_fake("cnnkit.tiled_conv2d", TILED, input, weight, bias, stride, padding,
                          dilation, groups)
 
 
 @torch.library.register_fake("cnnkit::tiled_conv2d_input_backward")
 def _tiled_conv2d_input_backward_fake(grad_output, weight, input_size, stride, padding, dilation,
                                       groups):
-    return _input_backward_fake("cnnkit.tiled_conv2d_input_backward", _TILED, grad_output, weight,
+    return _input_backward_fake("cnnkit.tiled_conv2d_input_backward", TILED, grad_output, weight,
                                 input_size, stride, padding, dilation, groups)
 
 
@@ -319,7 +303,7 @@ def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding,
            ", ", out_w, "] for input of shape ", _shape(input), ", padding=", padding,
            " and kernel size ", R, "x", S)
     C_out = weight.shape[1] * groups
-    _check_bias(fn, input, bias, [C_out])
+    _check_bias(fn, input, bias, [[C_out], [C_out, out_h, out_w]])
     _conv_geometry(fn, C_out, out_h, out_w, C_in, R, S, stride, padding, dilation, groups)
     return _empty_in_format_of(input, (N, C_out, out_h, out_w), weight)
 

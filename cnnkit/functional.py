@@ -1,15 +1,18 @@
 """cnnkit's functional API: the torch.nn.functional of cnnkit's kernels.
 
 Each function normalises its arguments (ints or pairs, 'valid' / 'same' /
-'full' padding, unbatched 3-D inputs) and calls the dispatcher op
-`torch.ops.cnnkit.*`, whose autograd formula (cnnkit/_autograd.py) calls cnnkit
-ops again, so double backward works. Argument checks themselves live in the
+'full' padding, unbatched 3-D inputs) and calls the op `torch.ops.cnnkit.*`
+through cnnkit/_autograd.py, whose rules (reverse and forward mode, batching)
+call cnnkit ops again, so every order of derivative and every torch.func
+transform works. Argument checks themselves live in the
 C++ problem builders (csrc/problem.cpp) and their twins in cnnkit/_fake.py.
 """
 from __future__ import annotations
 
 import torch
 
+from ._autograd import ops as _ops
+from ._kinds import KINDS
 from ._utils import _pair, batchify, conv_padding
 
 __all__ = [
@@ -24,21 +27,20 @@ __all__ = [
     "channel_max_pool",
 ]
 
-_ops = torch.ops.cnnkit
-
 
 # --------------------------------------------------------------------------- convolution
 
 
-def _convolve(name, input, weight, bias, stride, padding, dilation, groups, kernel_dims):
+def _convolve(name, input, weight, bias, stride, padding, dilation, groups):
     """Normalise the arguments shared by conv2d, local_conv2d and tiled_conv2d
-    and call the op `name`; the kernel size (for string paddings) sits at
-    `kernel_dims` of the weight."""
+    and call the op `name`."""
     fn = f"cnnkit.{name}"
+    kind = KINDS[name]
     x, unbatched = batchify(fn, input)
     stride, dilation = _pair(fn, "stride", stride), _pair(fn, "dilation", dilation)
-    has_kernel = weight.dim() > max(kernel_dims)
-    kernel = tuple(weight.shape[d] for d in kernel_dims) if has_kernel else (1, 1)
+    # The kernel size matters only to string paddings; a weight of the wrong
+    # rank is reported by the op.
+    kernel = kind.kernel_size(weight) if weight.dim() == kind.weight_dims else (1, 1)
     pad = conv_padding(fn, padding, kernel, stride, dilation)
     out = getattr(_ops, name)(x, weight, bias, stride, pad, dilation, groups)
     return out.squeeze(0) if unbatched else out
@@ -59,8 +61,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     Returns:
         ``(N, C_out, OH, OW)`` with ``OH = floor((H + pad_top + pad_bottom - d*(kH-1) - 1) / s) + 1``.
     """
-    return _convolve("conv2d", input, weight, bias, stride, padding, dilation, groups,
-                     kernel_dims=(2, 3))
+    return _convolve("conv2d", input, weight, bias, stride, padding, dilation, groups)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
@@ -103,8 +104,7 @@ def local_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
     Returns:
         ``(N, C_out, OH, OW)``.
     """
-    return _convolve("local_conv2d", input, weight, bias, stride, padding, dilation, groups,
-                     kernel_dims=(4, 5))
+    return _convolve("local_conv2d", input, weight, bias, stride, padding, dilation, groups)
 
 
 def tiled_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -124,8 +124,7 @@ def tiled_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
     Returns:
         ``(N, C_out, OH, OW)``.
     """
-    return _convolve("tiled_conv2d", input, weight, bias, stride, padding, dilation, groups,
-                     kernel_dims=(2, 3))
+    return _convolve("tiled_conv2d", input, weight, bias, stride, padding, dilation, groups)
 
 
 # --------------------------------------------------------------------------- pooling

@@ -14,6 +14,7 @@ import torch
 from torch.nn import init
 
 from .. import functional as CF
+from .._kinds import LOCAL, TILED, output_size
 from .._utils import _pair, conv_padding
 
 __all__ = ["LocallyConnected2d", "TiledConv2d"]
@@ -170,12 +171,14 @@ class LocallyConnected2d(_UnsharedConvBase):
                              f"to fit in the padded input ({padded[0]}x{padded[1]}) of "
                              f"in_size={self.in_size} and padding={self.padding}, but it is "
                              "larger")
-        # SPEC 1's output size, per axis: floor((padded - reach) / stride) + 1.
-        self.out_size = tuple((p - r) // s + 1 for p, r, s in zip(padded, reach, self.stride))
-        OH, OW = self.out_size
+        self.out_size = tuple(
+            output_size(n, k, s, before, after, d) for n, k, s, (before, after), d in
+            zip(self.in_size, self.kernel_size, self.stride, ((top, bottom), (left, right)),
+                self.dilation))
         self._make_parameters(
-            (out_channels, OH, OW, in_channels // groups, *self.kernel_size),
-            (out_channels, OH, OW), bias, {"device": device, "dtype": dtype})
+            LOCAL.weight_shape(out_channels, in_channels // groups, self.kernel_size,
+                               out_size=self.out_size),
+            (out_channels, *self.out_size), bias, {"device": device, "dtype": dtype})
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input(input)
@@ -239,7 +242,8 @@ class TiledConv2d(_UnsharedConvBase):
         self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.tiles = _positive_pair(self._fn, "tiles", tiles)
         self._make_parameters(
-            (out_channels, in_channels // groups, *self.kernel_size, *self.tiles),
+            TILED.weight_shape(out_channels, in_channels // groups, self.kernel_size,
+                               tiles=self.tiles),
             (out_channels, *self.tiles), bias, {"device": device, "dtype": dtype})
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
