@@ -25,6 +25,11 @@ struct Conv2dProblem {
   int64_t N, C, H, W, K, R, S, P, Q;
   int64_t pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w, groups;
   int64_t tile_h = 1, tile_w = 1;
+  // The forward's bias is one per output location, (K, P, Q) ("untied"),
+  // rather than one per output channel (and tile phase). Set by the forward
+  // problems of conv2d and tiled_conv2d from the bias they are given (local
+  // convolution's bias, per location by its kind, leaves it false).
+  bool untied_bias = false;
   // The op the problem comes from, as messages name it ("cnnkit.conv2d"):
   // backends' own limits are reported in its name.
   const char* op = "cnnkit";

@@ -78,13 +78,15 @@ at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
   const auto weight = weight_phases.contiguous();
   const auto bias = bias_phases.defined() ? bias_phases.contiguous() : at::Tensor();
   if (is_depthwise(pb)) {
-    depthwise_forward(geo, input, weight, bias, output);
+    depthwise_forward(geo, input, weight, bias, pb.untied_bias, output);
   } else if (is_half_precision(input)) {
     for (int64_t t = 0; t < pb.phase_count(); ++t) {
       const ConvPhase ph = conv_phase(pb, t);
       if (ph.P_a == 0 || ph.Q_b == 0) continue;
+      // The phase's bias per channel, or the whole untied one.
       tensor_core::forward_phase(pb, t, input, weight.select(0, t),
-                                 bias.defined() ? bias.select(0, t) : at::Tensor(), output);
+                                 bias.defined() && !pb.untied_bias ? bias.select(0, t) : bias,
+                                 output);
     }
   } else {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit_conv_forward", [&] {

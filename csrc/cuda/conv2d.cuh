@@ -5,8 +5,9 @@
 // tile phase (a, b): output rows p = a + i*tH (i < P_a) and columns
 // q = b + j*tW (j < Q_b), computed with kernel tile (a, b). A dense convolution
 // is the one-phase case. Weights are given per phase as (T, G, K/G, C/G*R*S)
-// with T = tH*tW, phase t = a*tW + b; biases as (T, K) or undefined. Data
-// tensors are contiguous NCHW.
+// with T = tH*tW, phase t = a*tW + b; biases as (T, K), one per output channel
+// of each phase, or, when pb.untied_bias, as (K, P, Q), one per output
+// location; or undefined. Data tensors are contiguous NCHW.
 //
 // Every kernel is an implicit GEMM (no unfolded input in global memory):
 //   forward          Z[n,k,p,q]  = sum_{c,r,s} W[k,(c,r,s)] * X[n,c,ih(p,r),iw(q,s)]
@@ -61,7 +62,8 @@ struct Backend {
 // half-precision problems and runs the phase loop itself.
 namespace tensor_core {
 
-// output (N, K, P, Q): writes the locations of phase t, adding bias (K,) when defined.
+// output (N, K, P, Q): writes the locations of phase t, adding, when defined,
+// bias (K,), the phase's, or when pb.untied_bias the untied (K, P, Q) one.
 // weight: the phase's (G, K/G, C/G*R*S) slice.
 void forward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& input,
                    const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output);

@@ -16,10 +16,11 @@ namespace {
 // thread per output element, reading its R*S taps (neighbouring threads share
 // input rows through L1).
 
+// bias: (K,), or (K, P, Q) when untied_bias; or null.
 template <typename scalar_t, typename index_t>
 __global__ void depthwise_forward_kernel(const scalar_t* __restrict__ input,
                                          const scalar_t* __restrict__ weight,
-                                         const scalar_t* __restrict__ bias,
+                                         const scalar_t* __restrict__ bias, bool untied_bias,
                                          scalar_t* __restrict__ output, const Geometry geo,
                                          int64_t total) {
   using acc = acc_t<scalar_t>;
@@ -46,7 +47,10 @@ __global__ void depthwise_forward_kernel(const scalar_t* __restrict__ input,
         sum += static_cast<acc>(in_row[iw]) * static_cast<acc>(taps[r * geo.S + s]);
       }
     }
-    if (bias != nullptr) sum += static_cast<acc>(bias[k]);
+    if (bias != nullptr) {
+      const index_t b = untied_bias ? (static_cast<index_t>(k) * geo.P + p) * geo.Q + q : k;
+      sum += static_cast<acc>(bias[b]);
+    }
     output[i] = static_cast<scalar_t>(sum);
   }
 }
@@ -141,14 +145,14 @@ __global__ void depthwise_weight_backward_kernel(const scalar_t* __restrict__ gr
 }  // namespace
 
 void depthwise_forward(const Geometry& geo, const at::Tensor& input, const at::Tensor& weight,
-                       const at::Tensor& bias, at::Tensor& output) {
+                       const at::Tensor& bias, bool untied_bias, at::Tensor& output) {
   const int64_t total = output.numel();
   CNNKIT_DISPATCH_CUDA_FLOATING(input.scalar_type(), "cnnkit_depthwise_forward", [&] {
     CNNKIT_DISPATCH_INDEX(fits_int32({input.numel(), output.numel(), weight.numel()}), [&] {
       CNNKIT_LAUNCH(grid_for(total), kThreads, 0, current_stream(),
                     depthwise_forward_kernel<scalar_t, index_t>)(
           input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-          bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
+          bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, untied_bias,
           output.mutable_data_ptr<scalar_t>(), geo, total);
       CNNKIT_CHECK_LAUNCH();
     });

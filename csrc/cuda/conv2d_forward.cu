@@ -22,7 +22,7 @@ template <typename T>
 struct ForwardArgs {
   const T* input;
   const T* weight;  // (T, G, Kg, Cg*R*S)
-  const T* bias;    // (T, K) or null
+  const T* bias;    // (T, K), or (K, P, Q) when problem.untied_bias; or null
   T* output;
   Conv2dProblem problem;
   Geometry geo;
@@ -132,9 +132,47 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   T acc[TM][TN];
   gemm_mainloop<T, Shape, BK>(loader, ceil_div(args.patch, BK), As, Bs, acc);
 
-  // Epilogue: Z[n, g*Kg + k, p, q] = acc + bias[t, g*Kg + k].
+  // Epilogue: Z[n, g*Kg + k, p, q] = acc + bias[t, g*Kg + k], or with an
+  // untied bias acc + bias[g*Kg + k, p, q]. Column k's offset (g*Kg + k)*PQ
+  // is its plane's in the output and in an untied bias alike.
   const auto cols = tile_columns<Shape>(bt.n0, geo.Kg,
                                         [&](int k) { return int64_t{g * geo.Kg + k} * geo.PQ; });
+  const int64_t out_plane = int64_t{geo.K} * geo.PQ;
+  const int64_t plane = ph.P_a * ph.Q_b;
+  const int Qb = static_cast<int>(ph.Q_b);
+  // Row m of the phase: output pixel p*Q + q of sample n.
+  const auto pixel = [&](int64_t m, int64_t& n) {
+    n = m / plane;
+    const int64_t rem = m - n * plane;
+    const int row = static_cast<int>(rem / Qb), col = static_cast<int>(rem - int64_t{row} * Qb);
+    const int p = static_cast<int>(ph.a) + row * geo.tile_h;
+    const int q = static_cast<int>(ph.b) + col * geo.tile_w;
+    return int64_t{p} * geo.Q + q;
+  };
+  // One phase: row m is pixel m % PQ of sample m / PQ.
+  const auto dense_row = [&](int64_t m) {
+    const int64_t n = m / geo.PQ;
+    return n * out_plane + (m - n * geo.PQ);
+  };
+  const auto row = [&](int64_t m) {
+    int64_t n;
+    const int64_t pq = pixel(m, n);
+    return n * out_plane + pq;
+  };
+  if (args.bias != nullptr && args.problem.untied_bias) {
+    int64_t bias_row[TM];  // the pixel of each of the thread's rows
+#pragma unroll
+    for (int r = 0; r < TM; ++r) {
+      const int64_t m = bt.m0 + micro_row<BM, TM>(r, threadIdx.x % 16);
+      int64_t n;
+      bias_row[r] = m < M ? pixel(m, n) : 0;
+    }
+    store_micro_tile<T, Shape>(
+        args.output, bt.m0, M, args.vector_store, cols,
+        [&](int r, int e) { return acc[r][e] + args.bias[cols.offset[e] + bias_row[r]]; },
+        dense_row, row);
+    return;
+  }
   T col_bias[TN];
 #pragma unroll
   for (int e = 0; e < TN; ++e) {
@@ -143,25 +181,9 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
                       ? args.bias[int64_t{t} * geo.K + g * geo.Kg + k]
                       : T(0);
   }
-  const int64_t out_plane = int64_t{geo.K} * geo.PQ;
-  const int64_t plane = ph.P_a * ph.Q_b;
-  const int Qb = static_cast<int>(ph.Q_b);
   store_micro_tile<T, Shape>(
       args.output, bt.m0, M, args.vector_store, cols,
-      [&](int r, int e) { return acc[r][e] + col_bias[e]; },
-      // One phase: row m is pixel m % PQ of sample m / PQ.
-      [&](int64_t m) {
-        const int64_t n = m / geo.PQ;
-        return n * out_plane + (m - n * geo.PQ);
-      },
-      [&](int64_t m) {
-        const int64_t n = m / plane;
-        const int64_t rem = m - n * plane;
-        const int row = static_cast<int>(rem / Qb), col = static_cast<int>(rem - int64_t{row} * Qb);
-        const int p = static_cast<int>(ph.a) + row * geo.tile_h;
-        const int q = static_cast<int>(ph.b) + col * geo.tile_w;
-        return n * out_plane + int64_t{p} * geo.Q + q;
-      });
+      [&](int r, int e) { return acc[r][e] + col_bias[e]; }, dense_row, row);
 }
 
 }  // namespace

@@ -535,8 +535,9 @@ template <typename T>
 void gemm_weight_backward(const Conv2dProblem& pb, const Geometry& geo,
                           const at::Tensor& grad_output, const at::Tensor& input,
                           at::Tensor& grad_weight);
+// bias: (K,), or (K, P, Q) when untied_bias; or undefined.
 void depthwise_forward(const Geometry& geo, const at::Tensor& input, const at::Tensor& weight,
-                       const at::Tensor& bias, at::Tensor& output);
+                       const at::Tensor& bias, bool untied_bias, at::Tensor& output);
 void depthwise_input_backward(const Geometry& geo, const at::Tensor& grad_output,
                               const at::Tensor& weight, at::Tensor& grad_input);
 void depthwise_weight_backward(const Geometry& geo, const at::Tensor& grad_output,

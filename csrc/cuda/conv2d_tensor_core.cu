@@ -523,7 +523,7 @@ template <typename scalar_t>
 struct ForwardArgs {
   const uint16_t* input;    // (N, C, H, W)
   const uint16_t* weight;   // (G, Kg, R*S*Cg): W[g][k][(c, r, s)] at [g][k][(r, s, c)]
-  const scalar_t* bias;     // (K,) or null
+  const scalar_t* bias;     // (K,), or (K, P, Q) when pb.untied_bias; or null
   scalar_t* output;         // (N, K, P, Q)
   Conv2dProblem pb;
   ConvPhase phase;
@@ -557,29 +557,36 @@ __global__ void __launch_bounds__(Shape::kThreads, 2)
   with_one_tap_per_run<PatchOperand<Shape, index_t, true>::kElems>(pb.group_in_channels(),
                                                                     multiply);
 
-  // Output offset of (n, 0, p, q) for each of the lane's rows, -1 past the last m.
+  // Output offset of (n, 0, p, q) for each of the lane's rows, -1 past the
+  // last m, and its pixel p*Q + q (an untied bias's offset in channel 0).
   const int64_t pixels = ph.P_a * ph.Q_b;
   const index_t plane = static_cast<index_t>(pb.P * pb.Q);
-  index_t out_row[Shape::WM / 32];
+  index_t out_row[Shape::WM / 32], pixel[Shape::WM / 32];
 #pragma unroll
   for (int x = 0; x < Shape::WM / 32; ++x) {
     const int64_t m = m0 + epilogue_row<Shape>(x);
     out_row[x] = -1;
+    pixel[x] = 0;
     if (m < pb.N * pixels) {
       const int64_t n = m / pixels, rest = m - n * pixels;
       const int64_t i = rest / ph.Q_b, j = rest - i * ph.Q_b;
-      out_row[x] = static_cast<index_t>((n * pb.K) * pb.P * pb.Q +
-                                        (ph.a + i * pb.tile_h) * pb.Q + ph.b + j * pb.tile_w);
+      const int64_t pq = (ph.a + i * pb.tile_h) * pb.Q + ph.b + j * pb.tile_w;
+      out_row[x] = static_cast<index_t>((n * pb.K) * pb.P * pb.Q + pq);
+      pixel[x] = static_cast<index_t>(pq);
     }
   }
   scalar_t* output = args.output;
   const scalar_t* bias = args.bias;
+  const bool untied_bias = pb.untied_bias;
   store_accumulators<Shape>(acc, reinterpret_cast<float*>(shared),
                             [&](int x, int n_local, float value) {
                               const int64_t n = n0 + n_local;
                               if (out_row[x] < 0 || n >= Kg) return;
                               const index_t k = static_cast<index_t>(g * Kg + n);
-                              if (bias != nullptr) value += static_cast<float>(bias[k]);
+                              if (bias != nullptr) {
+                                value += static_cast<float>(
+                                    bias[untied_bias ? k * plane + pixel[x] : k]);
+                              }
                               output[out_row[x] + k * plane] = static_cast<scalar_t>(value);
                             });
 }
@@ -907,8 +914,9 @@ void forward_phase(const Conv2dProblem& pb, int64_t t, const at::Tensor& input,
   if (M == 0 || Kg == 0) return;
   TORCH_INTERNAL_ASSERT(output.is_contiguous() && output.scalar_type() == input.scalar_type() &&
                         output.numel() == pb.N * pb.K * pb.P * pb.Q);
-  TORCH_INTERNAL_ASSERT(!bias.defined() || (bias.scalar_type() == input.scalar_type() &&
-                                            bias.numel() == pb.K));
+  TORCH_INTERNAL_ASSERT(!bias.defined() ||
+                        (bias.scalar_type() == input.scalar_type() &&
+                         bias.numel() == (pb.untied_bias ? pb.K * pb.P * pb.Q : pb.K)));
   TORCH_CHECK(pb.patch_size() <= kMaxIndex32, pb.op,
               ": convolution patch too large for the tensor-core kernels (C/groups*R*S = ",
               pb.patch_size(), ")");
