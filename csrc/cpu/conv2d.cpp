@@ -350,6 +350,26 @@ at::Tensor phase_columns(const Conv2dProblem& pb, const at::Tensor& t, int64_t p
   return columns;
 }
 
+// Adds the bias of `phase` to its values for samples [n0, n0 + count) in a
+// contiguous (K, count*sample_pitch) matrix of the given layout, while the
+// block is in cache: bias (T, K) adds one value per row; an untied bias
+// (K, P, Q) adds its values at the phase's locations, rows p = a + i*tH and
+// columns q = b + j*tW, to every sample (columns that are no location of the
+// phase are left as they are).
+void add_phase_bias(const Conv2dProblem& pb, const at::Tensor& bias, int64_t phase, int64_t count,
+                    ColumnLayout layout, at::Tensor& matrix) {
+  if (!bias.defined()) return;
+  if (!pb.untied_bias) {
+    matrix.view({pb.K, -1}).add_(bias.select(0, phase).view({pb.K, 1}));
+    return;
+  }
+  const ConvPhase ph = conv_phase(pb, phase);
+  matrix.view({pb.K, count, layout.sample_pitch / layout.row_pitch, layout.row_pitch})
+      .narrow(2, 0, ph.P_a)
+      .narrow(3, 0, ph.Q_b)
+      .add_(bias.slice(1, ph.a, pb.P, pb.tile_h).slice(2, ph.b, pb.Q, pb.tile_w).unsqueeze(1));
+}
+
 // The inverse of phase_columns: writes a (G, K/G, count*P'*Q') matrix back.
 void store_phase_columns(const Conv2dProblem& pb, at::Tensor& t, int64_t phase, int64_t n0,
                          int64_t count, const at::Tensor& columns) {
@@ -538,7 +558,7 @@ at::Tensor tap_forward(const Conv2dProblem& pb, const at::Tensor& input,
           }
         }
       }
-      if (bias_phases.defined()) z.add_(bias_phases.select(0, t).view({pb.K, 1}));
+      add_phase_bias(pb, bias_phases, t, count, geo.layout(), z);
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cnnkit_tap_store", [&] {
         copy_phase_locations</*kToMatrix=*/false, scalar_t>(
             pb, t, n0, count, geo.layout(), output.mutable_data_ptr<scalar_t>(),
@@ -639,7 +659,7 @@ at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
       auto out = direct ? output.select(0, n0).view({G, Kg, pb.P * pb.Q})
                         : empty_large({G, Kg, (n1 - n0) * sub.P * sub.Q}, input.options());
       grouped_mm(out, weight_phases.select(0, ph), patches(sub, input, n0, n1 - n0, scratch));
-      if (bias_phases.defined()) out.add_(bias_phases.select(0, ph).view({G, Kg, 1}));
+      add_phase_bias(pb, bias_phases, ph, n1 - n0, patch_column_layout(pb, ph), out);
       if (!direct) store_phase_columns(pb, output, ph, n0, n1 - n0, out);
     }
   });

@@ -7,7 +7,9 @@
 // computed with kernel tile (a, b). A dense convolution is the one-phase case.
 //
 // Weights are given per phase as (T, G, K/G, C/G*R*S) with T = tH*tW; biases
-// as (T, K) or undefined. Tensors are contiguous NCHW.
+// as (T, K), one per output channel of each phase, or, when pb.untied_bias,
+// as (K, P, Q), one per output location; or undefined. Tensors are contiguous
+// NCHW.
 #pragma once
 
 #include <ATen/core/Tensor.h>
