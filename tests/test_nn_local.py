@@ -137,7 +137,7 @@ def test_factory_kwargs(dtype, device):
 
 def test_exported_from_cnnkit_nn():
     assert cnnkit.nn.LocallyConnected2d is cnn.LocallyConnected2d
-    for name in ("LocallyConnected2d", "TiledConv2d"):
+    for name in ("LocallyConnected2d", "TiledConv2d", "UntiedBiasConv2d"):
         assert name in cnnkit.nn.__all__
 
 
@@ -446,3 +446,51 @@ def test_kernel_equal_to_padded_input_is_accepted():
     layer = cnn.LocallyConnected2d(2, 3, (6, 5), (4, 3), padding=1)
     assert layer.out_size == (1, 1)
     assert tuple(layer(torch.randn(2, 2, 4, 3)).shape) == (2, 3, 1, 1)
+
+
+# --------------------------------------------------------------------------- untied biases
+
+
+@pytest.mark.parametrize("kwargs,in_size,out_size", [
+    (dict(kernel_size=3), (7, 6), (5, 4)),
+    (dict(kernel_size=(2, 3), stride=2, padding=1, dilation=(2, 1), groups=2), (9, 8), (5, 4)),
+    (dict(kernel_size=2, padding="same"), (5, 4), (5, 4)),
+])
+def test_untied_bias_conv2d_matches_reference(kwargs, in_size, out_size, device):
+    # Shared kernels, one bias per output unit: torch.nn.Conv2d without bias,
+    # plus the bias; the bias gradient is grad_output summed over the samples.
+    layer = cnn.UntiedBiasConv2d(4, 6, in_size=in_size, device=device, dtype=F64, **kwargs)
+    assert layer.out_size == out_size
+    assert layer.weight.shape == (6, 4 // layer.groups, *layer.kernel_size)
+    assert layer.bias.shape == (6, *out_size)
+    x = make_tensor((3, 4, *in_size), F64, device, requires_grad=True)
+    y = layer(x)
+    torch_layer = torch.nn.Conv2d(4, 6, bias=False, dtype=F64, device=device, **kwargs)
+    torch_layer.weight.data.copy_(layer.weight)
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = torch_layer(x_ref) + layer.bias.detach()
+    assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    assert_close(x.grad, x_ref.grad)
+    assert_close(layer.weight.grad, torch_layer.weight.grad)
+    assert_close(layer.bias.grad, g.sum(0))
+    # Unbatched input, and one input size only.
+    assert_close(layer(x[0].detach()), y[0])
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"cnnkit.nn.UntiedBiasConv2d: expected input of spatial size (H, W) = {in_size}, "
+            f"the in_size it was built for, but got (11, 11)")):
+        layer(torch.randn(1, 4, 11, 11, dtype=F64, device=device))
+
+
+def test_untied_bias_conv2d_init_and_repr():
+    layer = cnn.UntiedBiasConv2d(3, 8, 3, in_size=(10, 12), padding=1)
+    bound = 1 / math.sqrt(3 * 9)
+    for p in (layer.weight, layer.bias):
+        assert p.abs().max() <= bound and p.abs().max() > 0.8 * bound
+    assert repr(layer) == ("UntiedBiasConv2d(3, 8, kernel_size=(3, 3), in_size=(10, 12), "
+                           "stride=(1, 1), padding=(1, 1))")
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+    with pytest.raises(ValueError, match="cnnkit.nn.UntiedBiasConv2d: expected the kernel"):
+        cnn.UntiedBiasConv2d(3, 8, 5, in_size=3)

@@ -1,8 +1,9 @@
 """Layers without full weight sharing, which torch.nn lacks: the locally
-connected (unshared) convolution of SPEC 1.3 and the tiled convolution of
-SPEC 1.4, computed by cnnkit's kernels.
+connected (unshared) convolution, the tiled convolution, and the convolution
+with untied biases (shared kernels, one bias per output location), computed
+by cnnkit's kernels.
 
-Both keep nn.Conv2d's conventions where they carry over: constructor
+They keep nn.Conv2d's conventions where they carry over: constructor
 arguments, parameter names ``weight`` and ``bias``, initialisation from the
 fan-in of one output unit, and a repr in the style of torch.nn.
 """
@@ -14,10 +15,10 @@ import torch
 from torch.nn import init
 
 from .. import functional as CF
-from .._kinds import LOCAL, TILED, output_size
+from .._kinds import DENSE, LOCAL, TILED, output_size
 from .._utils import _pair, conv_padding
 
-__all__ = ["LocallyConnected2d", "TiledConv2d"]
+__all__ = ["LocallyConnected2d", "TiledConv2d", "UntiedBiasConv2d"]
 
 
 def _positive_int(fn, name, value):
@@ -92,6 +93,30 @@ class _UnsharedConvBase(torch.nn.Module):
         if self.bias is not None:
             init.uniform_(self.bias, -bound, bound)
 
+    def _setup_in_size(self, in_size):
+        """For layers built for one input size: checks it against the kernel and
+        sets in_size and out_size."""
+        fn = self._fn
+        self.in_size = _positive_pair(fn, "in_size", in_size)
+        top, bottom, left, right = self._explicit_padding
+        padded = (self.in_size[0] + top + bottom, self.in_size[1] + left + right)
+        reach = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
+        if reach[0] > padded[0] or reach[1] > padded[1]:
+            raise ValueError(f"{fn}: expected the kernel ({reach[0]}x{reach[1]} after dilation) "
+                             f"to fit in the padded input ({padded[0]}x{padded[1]}) of "
+                             f"in_size={self.in_size} and padding={self.padding}, but it is "
+                             "larger")
+        self.out_size = tuple(
+            output_size(n, k, s, before, after, d) for n, k, s, (before, after), d in
+            zip(self.in_size, self.kernel_size, self.stride, ((top, bottom), (left, right)),
+                self.dilation))
+
+    def _check_in_size(self, input):
+        got = tuple(input.shape[-2:])
+        if got != self.in_size:
+            raise RuntimeError(f"{self._fn}: expected input of spatial size (H, W) = "
+                               f"{self.in_size}, the in_size it was built for, but got {got}")
+
     def _check_input(self, input):
         fn = self._fn
         if not isinstance(input, torch.Tensor):
@@ -160,21 +185,8 @@ class LocallyConnected2d(_UnsharedConvBase):
     def __init__(self, in_channels, out_channels, kernel_size, in_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, device=None, dtype=None):
         super().__init__()
-        fn = self._fn
         self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
-        self.in_size = _positive_pair(fn, "in_size", in_size)
-        top, bottom, left, right = self._explicit_padding
-        padded = (self.in_size[0] + top + bottom, self.in_size[1] + left + right)
-        reach = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
-        if reach[0] > padded[0] or reach[1] > padded[1]:
-            raise ValueError(f"{fn}: expected the kernel ({reach[0]}x{reach[1]} after dilation) "
-                             f"to fit in the padded input ({padded[0]}x{padded[1]}) of "
-                             f"in_size={self.in_size} and padding={self.padding}, but it is "
-                             "larger")
-        self.out_size = tuple(
-            output_size(n, k, s, before, after, d) for n, k, s, (before, after), d in
-            zip(self.in_size, self.kernel_size, self.stride, ((top, bottom), (left, right)),
-                self.dilation))
+        self._setup_in_size(in_size)
         self._make_parameters(
             LOCAL.weight_shape(out_channels, in_channels // groups, self.kernel_size,
                                out_size=self.out_size),
@@ -182,10 +194,7 @@ class LocallyConnected2d(_UnsharedConvBase):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input(input)
-        got = tuple(input.shape[-2:])
-        if got != self.in_size:
-            raise RuntimeError(f"{self._fn}: expected input of spatial size (H, W) = "
-                               f"{self.in_size}, the in_size it was built for, but got {got}")
+        self._check_in_size(input)
         return CF.local_conv2d(input, self.weight, self.bias, self.stride, self.padding,
                                self.dilation, self.groups)
 
@@ -253,3 +262,58 @@ class TiledConv2d(_UnsharedConvBase):
 
     def extra_repr(self) -> str:
         return self._repr_geometry(f"tiles={self.tiles}")
+
+
+class UntiedBiasConv2d(_UnsharedConvBase):
+    r"""2-D convolution with untied biases: the kernels of :class:`torch.nn.Conv2d`,
+    shared by all output locations, but a bias of its own at every output unit.
+
+        UntiedBiasConv2d(in_channels, out_channels, kernel_size, in_size, stride=1,
+                         padding=0, dilation=1, groups=1, device=None, dtype=None)
+
+    ``Z[n,i,y,x] = b[i,y,x] + sum_{l,m,q} V[n, g(i)*C_in/g + l, y*s - p + m*d, x*s - p + q*d] * K[i,l,m,q]``
+
+    With a fixed input size, a location-dependent bias lets the layer learn
+    what differs between locations (image borders, a centred object) at the
+    cost of ``out_channels * OH * OW`` parameters instead of ``out_channels``.
+    The bias is added in the convolution kernels' epilogue. The layer is built
+    for one input size ``in_size = (H, W)`` and rejects inputs of any other size.
+
+    Args:
+        in_channels, out_channels: channel counts, both divisible by ``groups``.
+        kernel_size, stride, dilation: int or pair, positive.
+        in_size: ``(H, W)`` of the inputs the layer will see (int or pair).
+        padding: int or pair (non-negative), ``'valid'``, ``'same'`` (stride 1 only)
+            or ``'full'``.
+        groups: input and output channels split into this many independent groups.
+
+    Attributes:
+        out_size: ``(OH, OW)``, as for :class:`LocallyConnected2d`.
+        weight: ``(out_channels, in_channels / groups, kH, kW)``, initialised as
+            :class:`torch.nn.Conv2d`'s.
+        bias: ``(out_channels, OH, OW)``, from the same distribution.
+
+    Shapes:
+        - input: ``(N, in_channels, H, W)`` or ``(in_channels, H, W)``, with ``(H, W) = in_size``
+        - output: ``(N, out_channels, OH, OW)`` or ``(out_channels, OH, OW)``
+    """
+
+    _fn = "cnnkit.nn.UntiedBiasConv2d"
+
+    def __init__(self, in_channels, out_channels, kernel_size, in_size, stride=1, padding=0,
+                 dilation=1, groups=1, device=None, dtype=None):
+        super().__init__()
+        self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        self._setup_in_size(in_size)
+        self._make_parameters(
+            DENSE.weight_shape(out_channels, in_channels // groups, self.kernel_size),
+            (out_channels, *self.out_size), True, {"device": device, "dtype": dtype})
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
+        self._check_in_size(input)
+        return CF.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                         self.groups)
+
+    def extra_repr(self) -> str:
+        return self._repr_geometry(f"in_size={self.in_size}")
