@@ -40,6 +40,17 @@ struct ConvOps {
     return phases.view({pb.phase_count(), pb.groups, pb.group_out_channels(), pb.patch_size()});
   }
 
+  // The bias as the engine takes it: undefined; one per tile phase and output
+  // channel, (T, K), from a dense (K,) or tiled (K, tH, tW) bias; or an untied
+  // one, per output location, (K, P, Q) as it is (pb.untied_bias).
+  static at::Tensor engine_bias(const Conv2dProblem& pb, const std::optional<at::Tensor>& bias) {
+    if (!bias.has_value()) return at::Tensor();
+    if (pb.untied_bias) return bias->contiguous();
+    // (K, tH, tW) -> (tH*tW, K); a dense (K,) is (K, 1, 1).
+    const auto tiles = bias->dim() == 1 ? bias->view({pb.K, 1, 1}) : *bias;
+    return tiles.permute({1, 2, 0}).contiguous().view({pb.phase_count(), pb.K});
+  }
+
   // ------------------------------------------------------------ conv2d (SPEC 1.1)
 
   static at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
@@ -49,8 +60,8 @@ struct ConvOps {
                                    dilation, groups);
     typename Backend::DeviceScope scope(input);
     at::AutoDispatchBelowADInplaceOrView guard;
-    const auto b = bias.has_value() ? bias->contiguous().view({1, pb.K}) : at::Tensor();
-    auto out = Backend::conv_forward(pb, input.contiguous(), dense_phases(pb, weight), b);
+    auto out = Backend::conv_forward(pb, input.contiguous(), dense_phases(pb, weight),
+                                     engine_bias(pb, bias));
     return out.contiguous(conv_output_format(input, weight));
   }
 
@@ -88,7 +99,8 @@ struct ConvOps {
   }
 
   // Transposed convolution = the input gradient of the convolution whose
-  // output it takes, plus a bias per output channel.
+  // output it takes, plus a bias per output channel (C_out,) or per output
+  // location (C_out, OH, OW).
   static at::Tensor conv_transpose2d(const at::Tensor& input, const at::Tensor& weight,
                                      const std::optional<at::Tensor>& bias,
                                      at::IntArrayRef stride, at::IntArrayRef padding,
@@ -99,7 +111,9 @@ struct ConvOps {
     typename Backend::DeviceScope scope(input);
     at::AutoDispatchBelowADInplaceOrView guard;
     auto out = Backend::conv_input_backward(pb, input.contiguous(), dense_phases(pb, weight));
-    if (bias.has_value() && out.numel() > 0) out.add_(bias->view({1, pb.C, 1, 1}));
+    if (bias.has_value() && out.numel() > 0) {
+      out.add_(bias->dim() == 1 ? bias->view({1, pb.C, 1, 1}) : bias->unsqueeze(0));
+    }
     return out.contiguous(conv_output_format(input, weight));
   }
 
@@ -113,11 +127,8 @@ struct ConvOps {
                                          padding, dilation, groups);
     typename Backend::DeviceScope scope(input);
     at::AutoDispatchBelowADInplaceOrView guard;
-    // (K, tH, tW) -> (tH*tW, K)
-    const auto b = bias.has_value()
-                       ? bias->permute({1, 2, 0}).contiguous().view({pb.phase_count(), pb.K})
-                       : at::Tensor();
-    auto out = Backend::conv_forward(pb, input.contiguous(), tiled_phases(pb, weight), b);
+    auto out = Backend::conv_forward(pb, input.contiguous(), tiled_phases(pb, weight),
+                                     engine_bias(pb, bias));
     return out.contiguous(conv_output_format(input, weight));
   }
 

@@ -174,12 +174,21 @@ std::vector<int64_t> bias_shape(const WeightLayout& L, const Conv2dProblem& pb) 
   return {pb.K};
 }
 
-void check_bias(const char* fn, const at::Tensor& input, const std::optional<at::Tensor>& bias,
-                at::IntArrayRef expected) {
-  if (!bias.has_value()) return;
+// Checks an optional bias against the two shapes a convolution takes: its
+// kind's own `shape` and the `untied` one, per output location (C_out, OH, OW).
+// Where the two are equal (local convolution; tiles the size of the output)
+// the message names one. Returns whether the bias is untied: of the untied
+// shape, and not of `shape`.
+bool check_bias(const char* fn, const at::Tensor& input, const std::optional<at::Tensor>& bias,
+                at::IntArrayRef shape, at::IntArrayRef untied) {
+  if (!bias.has_value()) return false;
   check_same_device_dtype(fn, "input", input, "bias", *bias);
-  TORCH_CHECK(bias->sizes() == expected, fn, ": expected bias of shape ", expected,
-              ", but got shape ", bias->sizes());
+  if (bias->sizes() == shape) return false;
+  const bool two_shapes = untied != shape;
+  TORCH_CHECK(two_shapes && bias->sizes() == untied, fn, ": expected bias of shape ", shape,
+              two_shapes ? c10::str(" or ", untied) : std::string(), ", but got shape ",
+              bias->sizes());
+  return true;
 }
 
 void check_weight_tensor(const char* fn, const WeightLayout& L, const char* arg,
@@ -199,7 +208,7 @@ Conv2dProblem forward_problem(const char* fn, const WeightLayout& L, const at::T
                           weight.size(L.k), weight.size(L.r), weight.size(L.s), stride, padding,
                           dilation, groups);
   check_weight(fn, L, weight, pb);
-  check_bias(fn, input, bias, bias_shape(L, pb));
+  pb.untied_bias = check_bias(fn, input, bias, bias_shape(L, pb), {pb.K, pb.P, pb.Q});
   return pb;
 }
 
@@ -378,7 +387,8 @@ Conv2dProblem conv_transpose2d_problem(const char* fn, const at::Tensor& input,
               ", ", out_w, "] for input of shape ", input.sizes(), ", padding=", padding,
               " and kernel size ", R, "x", S);
   const int64_t out_channels = weight.size(1) * groups;
-  check_bias(fn, input, bias, {out_channels});
+  // (The op adds an untied bias itself, after the input-gradient engine.)
+  check_bias(fn, input, bias, {out_channels}, {out_channels, out_h, out_w});
   auto pb = conv_geometry(fn, input.size(0), out_channels, out_h, out_w, input.size(1), R, S,
                           stride, padding, dilation, groups);
   // output_padding below the dilation but not below the stride gives an output

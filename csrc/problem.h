@@ -102,7 +102,8 @@ void check_same_device_dtype(const char* fn, const char* arg, const at::Tensor& 
 at::MemoryFormat conv_output_format(const at::Tensor& data, const at::Tensor& weight);
 
 // Convolution geometry. `padding` has 2 entries (top = bottom, left = right) or
-// 4 entries (top, bottom, left, right).
+// 4 entries (top, bottom, left, right). The bias is (C_out,) or untied
+// (C_out, OH, OW).
 Conv2dProblem conv2d_problem(const char* fn, const at::Tensor& input, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
@@ -126,8 +127,9 @@ Conv2dProblem conv2d_weight_backward_problem(const char* fn, const at::Tensor& g
 void check_conv2d_bias_backward(const char* fn, const at::Tensor& grad_output);
 
 // torch.nn.functional.conv_transpose2d: input (N, C_in, H, W), weight
-// (C_in, C_out/g, kH, kW). Returned as the conv2d problem it is the input
-// gradient of: its K = C_in, its C = C_out and its (H, W) the output size.
+// (C_in, C_out/g, kH, kW), bias (C_out,) or untied (C_out, OH, OW). Returned
+// as the conv2d problem it is the input gradient of: its K = C_in, its
+// C = C_out and its (H, W) the output size.
 Conv2dProblem conv_transpose2d_problem(const char* fn, const at::Tensor& input,
                                        const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias,
@@ -154,7 +156,8 @@ Conv2dProblem local_conv2d_weight_backward_problem(const char* fn, const at::Ten
                                                    at::IntArrayRef dilation, int64_t groups);
 
 // Tiled convolution, SPEC 1.4: weight (C_out, C_in/g, kH, kW, tH, tW), bias
-// (C_out, tH, tW); output location (p, q) uses kernel tile (p % tH, q % tW).
+// (C_out, tH, tW) or untied (C_out, OH, OW); output location (p, q) uses
+// kernel tile (p % tH, q % tW).
 Conv2dProblem tiled_conv2d_problem(const char* fn, const at::Tensor& input,
                                    const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                    at::IntArrayRef stride, at::IntArrayRef padding,

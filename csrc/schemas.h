@@ -12,7 +12,8 @@
 namespace cnnkit {
 
 inline void define_ops(torch::Library& m) {
-  // Convolution (SPEC 1.1, 1.2).
+  // Convolution (SPEC 1.1, 1.2): bias (C_out,), or untied (C_out, OH, OW), one
+  // per output location.
   m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[] padding, "
         "int[2] dilation, int groups) -> Tensor");
   m.def("conv2d_input_backward(Tensor grad_output, Tensor weight, int[2] input_size, "
@@ -34,7 +35,8 @@ inline void define_ops(torch::Library& m) {
   m.def("local_conv2d_bias_backward(Tensor grad_output) -> Tensor");
 
   // Tiled convolution (SPEC 1.4): weight (C_out, C_in/g, kH, kW, tH, tW), bias
-  // (C_out, tH, tW); the tiles are read from the weight's shape.
+  // (C_out, tH, tW) or untied (C_out, OH, OW); the tiles are read from the
+  // weight's shape.
   m.def("tiled_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[] padding, "
         "int[2] dilation, int groups) -> Tensor");
   m.def("tiled_conv2d_input_backward(Tensor grad_output, Tensor weight, int[2] input_size, "

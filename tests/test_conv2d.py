@@ -10,12 +10,15 @@ import torch
 import torch.nn.functional as F
 
 import cnnkit.functional as CF
+import reference as ref
 from conftest import (FLOAT_DTYPES, BadCase, assert_close, bad_case_params, check_bad_case,
-                      make_tensor)
-from conv_family import CONV2D, check_compiled_equals_eager, view_bad_cases
+                      exact_message, make_tensor, with_layout)
+from conv_family import (CONV2D, check_compiled_equals_eager, conv_hyper, conv_op_geometry,
+                         conv_out_shape, view_bad_cases)
 from problems import CONV_PROBLEMS, ConvProblem, pair
 
 ops = torch.ops.cnnkit
+F64 = torch.float64
 
 
 # --------------------------------------------------------------------------- padding strings
@@ -50,6 +53,82 @@ def test_padding_strings_match_torch(pb, dtype, device):
     grads_ref = torch.autograd.grad(y_ref, leaves64, g.double())
     for got, want in zip(grads, grads_ref):
         assert_close(got, want, dtype)
+
+
+# --------------------------------------------------------------------------- untied bias
+# With a fixed input size a convolution may learn one bias per output location:
+# the op takes a bias (C_out, OH, OW) beside the (C_out,) one, and adds
+# bias[k, p, q] to out[n, k, p, q] (forward only here).
+
+# Odd sizes, 1x1 (no unfolding), stride 2 with and without a floor drop, one
+# sample (the CPU engine's direct product), groups, a channel multiplier, an
+# empty batch, a 1x1 output (where (C_out, 1, 1) and (C_out,) are both
+# accepted), asymmetric padding, several blocks of samples, narrow products.
+UNTIED_BIAS_PROBLEMS = CONV2D.by_id("odd_sizes", "1x1", "stride2_pad1", "stride2_floor",
+                                    "groups2", "groups3_stride2", "depthwise_mult2", "batch0",
+                                    "kernel_eq_padded_input", "pad4_asymmetric", "same_even",
+                                    "several_blocks", "narrow_products")
+
+
+def untied_bias_shape(pb) -> tuple:
+    """(C_out, OH, OW)."""
+    return conv_out_shape(pb)[1:]
+
+
+def untied_reference(pb, x, w, b):
+    return ref.conv2d_ref(x, w, None, **conv_hyper(pb)) + b.to(F64)[None]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("pb", UNTIED_BIAS_PROBLEMS, ids=str)
+def test_untied_bias_matches_reference(pb, layout, device):
+    # F.conv2d without bias, plus the bias at every sample; the output in the
+    # memory format the op gives without a bias.
+    x, w, _ = CONV2D.args(pb, F64, device, layout)
+    b = make_tensor(untied_bias_shape(pb), F64, device)
+    y = ops.conv2d(x, w, b, *conv_op_geometry(pb))
+    assert_close(y, untied_reference(pb, x, w, b), F64)
+    tied = ops.conv2d(x, w, None, *conv_op_geometry(pb))
+    assert y.stride() == tied.stride()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("pb", CONV2D.by_id("basic_3x3", "groups2"), ids=str)
+def test_untied_bias_strided_bias_and_dtypes(pb, dtype, device):
+    # A bias that is a non-contiguous view (every other element, transposed
+    # spatial axes) reads as its values.
+    x, w, _ = CONV2D.args(pb, dtype, device)
+    for layout in ("sliced", "transposed"):
+        b = with_layout(make_tensor(untied_bias_shape(pb), dtype, device), layout)
+        y = ops.conv2d(x, w, b, *conv_op_geometry(pb))
+        assert_close(y, untied_reference(pb, x, w, b), dtype)
+
+
+def test_untied_bias_of_a_1x1_output_equals_the_tied_one(device):
+    # Output 1x1: bias (C_out, 1, 1) means what bias (C_out,) means.
+    pb = CONV2D.by_id("kernel_eq_padded_input")[0]
+    x, w, _ = CONV2D.args(pb, F64, device)
+    b = make_tensor((pb.K,), F64, device)
+    geometry = conv_op_geometry(pb)
+    assert torch.equal(ops.conv2d(x, w, b[:, None, None], *geometry),
+                       ops.conv2d(x, w, b, *geometry))
+
+
+# Bias shapes neither (C_out,) nor (C_out, OH, OW), for input (2, 3, 7, 9) and
+# weight (8, 3, 3, 3): output 5x7.
+UNTIED_BAD_BIAS_SHAPES = [(3,), (8, 7, 5), (8, 5), (1, 8, 5, 7), (8, 1, 1), (8, 5, 8), (9, 5, 7),
+                          (1, 8), ()]
+
+
+@pytest.mark.parametrize("shape", UNTIED_BAD_BIAS_SHAPES, ids=str)
+def test_wrong_bias_shape_names_both_shapes(shape, device):
+    x = make_tensor((2, 3, 7, 9), torch.float32, device)
+    w = make_tensor((8, 3, 3, 3), torch.float32, device)
+    b = torch.zeros(shape, dtype=torch.float32, device=device)
+    message = (f"cnnkit.conv2d: expected bias of shape [8] or [8, 5, 7], but got shape "
+               f"{list(shape)}")
+    with pytest.raises(RuntimeError, match=exact_message(message)):
+        ops.conv2d(x, w, b, [1, 1], [0, 0], [1, 1], 1)
 
 
 # --------------------------------------------------------------------------- torch.compile
@@ -129,9 +208,12 @@ CONV2D_BAD_CASES = [
             f"{FN}: expected weight.shape[1] = input channels / groups = 4 / 2, but got weight of "
             "shape [6, 4, 3, 3]"),
     BadCase("bias_wrong_length", lambda t: _conv(t(1, 2, 5, 5), t(2, 2, 3, 3), t(3)),
-            RuntimeError, f"{FN}: expected bias of shape [2], but got shape [3]"),
+            RuntimeError, f"{FN}: expected bias of shape [2] or [2, 3, 3], but got shape [3]"),
     BadCase("bias_2d", lambda t: _conv(t(1, 2, 5, 5), t(2, 2, 3, 3), t(2, 1)), RuntimeError,
-            f"{FN}: expected bias of shape [2], but got shape [2, 1]"),
+            f"{FN}: expected bias of shape [2] or [2, 3, 3], but got shape [2, 1]"),
+    BadCase("bias_untied_wrong_size", lambda t: _conv(t(1, 2, 5, 6), t(2, 2, 3, 3), t(2, 4, 3)),
+            RuntimeError, f"{FN}: expected bias of shape [2] or [2, 3, 4], but got shape "
+            "[2, 4, 3]"),
     BadCase("kernel_larger_than_input", lambda t: _conv(t(1, 1, 4, 4), t(1, 1, 5, 3)),
             RuntimeError, f"{FN}: expected the kernel (5x3 after dilation) to fit in the padded "
             "input (4x4), but it is larger"),

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import cnnkit.functional as CF
-from conftest import BadCase, bad_case_params, check_bad_case, make_tensor
-from conv_family import TRANSPOSED
+import reference as ref
+from conftest import (BadCase, assert_close, bad_case_params, check_bad_case, exact_message,
+                      make_tensor, with_layout)
+from conv_family import TRANSPOSED, transpose_hyper, transpose_op_geometry, transpose_out_shape
 from problems import pair
 
 ops = torch.ops.cnnkit
@@ -27,6 +29,79 @@ def test_is_the_input_gradient_of_conv2d(pb, device):
     gx = ops.conv2d_input_backward(x, w, list(y.shape[2:]), list(pair(pb.stride)),
                                    list(pair(pb.padding)), list(pair(pb.dilation)), pb.groups)
     torch.testing.assert_close(y, gx, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- untied bias
+# With a fixed input size the transposed convolution may learn one bias per
+# output location: bias (C_out, OH, OW) beside (C_out,), added to
+# out[n, k, p, q] (forward only here).
+
+# Stride 2 with output_padding, odd sizes, one sample, groups, depthwise, an
+# empty batch, a 1x1 output (where (C_out, 1, 1) and (C_out,) are both
+# accepted), output_padding below the dilation, block remainders.
+UNTIED_BIAS_PROBLEMS = TRANSPOSED.by_id("t_basic", "t_stride2_outpad1", "t_odd",
+                                        "t_stride3_kernel2", "t_groups2", "t_depthwise",
+                                        "t_batch0", "t_crop_to_1", "t_outpad_by_dilation",
+                                        "t_anisotropic", "t_block_remainders")
+
+
+def untied_bias_shape(pb) -> tuple:
+    """(C_out, OH, OW)."""
+    return transpose_out_shape(pb)[1:]
+
+
+def untied_reference(pb, x, w, b):
+    return ref.conv_transpose2d_ref(x, w, None, **transpose_hyper(pb)) + b.to(F64)[None]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("pb", UNTIED_BIAS_PROBLEMS, ids=str)
+def test_untied_bias_matches_reference(pb, layout, device):
+    # F.conv_transpose2d without bias, plus the bias at every sample; the
+    # output in the memory format the op gives without a bias.
+    x, w, _ = TRANSPOSED.args(pb, F64, device, layout)
+    b = make_tensor(untied_bias_shape(pb), F64, device)
+    y = ops.conv_transpose2d(x, w, b, *transpose_op_geometry(pb))
+    assert_close(y, untied_reference(pb, x, w, b), F64)
+    tied = ops.conv_transpose2d(x, w, None, *transpose_op_geometry(pb))
+    assert y.stride() == tied.stride()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
+def test_untied_bias_strided_bias_and_dtypes(dtype, device):
+    # A bias that is a non-contiguous view reads as its values.
+    pb = TRANSPOSED.by_id("t_stride2_outpad1")[0]
+    x, w, _ = TRANSPOSED.args(pb, dtype, device)
+    for layout in ("sliced", "transposed"):
+        b = with_layout(make_tensor(untied_bias_shape(pb), dtype, device), layout)
+        y = ops.conv_transpose2d(x, w, b, *transpose_op_geometry(pb))
+        assert_close(y, untied_reference(pb, x, w, b), dtype)
+
+
+def test_untied_bias_of_a_1x1_output_equals_the_tied_one(device):
+    pb = TRANSPOSED.by_id("t_crop_to_1")[0]
+    x, w, _ = TRANSPOSED.args(pb, F64, device)
+    b = make_tensor((pb.C_out,), F64, device)
+    geometry = transpose_op_geometry(pb)
+    assert torch.equal(ops.conv_transpose2d(x, w, b[:, None, None], *geometry),
+                       ops.conv_transpose2d(x, w, b, *geometry))
+
+
+# Bias shapes neither (C_out,) nor (C_out, OH, OW), for input (1, 4, 5, 6),
+# weight (4, 2, 3, 3) and stride 2: C_out 2, output 11x13.
+UNTIED_BAD_BIAS_SHAPES = [(4,), (2, 13, 11), (2, 11), (1, 2, 11, 13), (2, 1, 1), (4, 11, 13),
+                          (2, 5, 6)]
+
+
+@pytest.mark.parametrize("shape", UNTIED_BAD_BIAS_SHAPES, ids=str)
+def test_wrong_bias_shape_names_both_shapes(shape, device):
+    x = make_tensor((1, 4, 5, 6), torch.float32, device)
+    w = make_tensor((4, 2, 3, 3), torch.float32, device)
+    b = make_tensor(shape, torch.float32, device)
+    message = (f"cnnkit.conv_transpose2d: expected bias of shape [2] or [2, 11, 13], but got "
+               f"shape {list(shape)}")
+    with pytest.raises(RuntimeError, match=exact_message(message)):
+        ops.conv_transpose2d(x, w, b, [2, 2], [0, 0], [0, 0], 1, [1, 1])
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -103,10 +178,13 @@ CONV_TRANSPOSE2D_BAD_CASES = [
     BadCase("empty_kernel", lambda t: _convT(t(1, 4, 5, 5), t(4, 2, 3, 0)), RuntimeError,
             f"{FN}: expected kernel size to be positive, but got kernel size 3x0"),
     BadCase("bias_wrong_length", lambda t: _convT(t(1, 4, 5, 5), t(4, 2, 3, 3), t(4)),
-            RuntimeError, f"{FN}: expected bias of shape [2], but got shape [4]"),
+            RuntimeError, f"{FN}: expected bias of shape [2] or [2, 7, 7], but got shape [4]"),
     BadCase("bias_wrong_length_groups", lambda t: _convT(t(1, 4, 5, 5), t(4, 2, 3, 3), t(2),
                                                          groups=2), RuntimeError,
-            f"{FN}: expected bias of shape [4], but got shape [2]"),
+            f"{FN}: expected bias of shape [4] or [4, 7, 7], but got shape [2]"),
+    BadCase("bias_untied_wrong_size", lambda t: _convT(t(1, 4, 5, 5), t(4, 2, 3, 3),
+                                                       t(2, 5, 5)), RuntimeError,
+            f"{FN}: expected bias of shape [2] or [2, 7, 7], but got shape [2, 5, 5]"),
     BadCase("stride_3_entries", lambda t: _convT(t(1, 4, 5, 5), t(4, 2, 3, 3), stride=[1, 1, 1]),
             TypeError, f"{FN}: expected stride to be an int or a pair of ints, but got "
             "stride=[1, 1, 1]"),

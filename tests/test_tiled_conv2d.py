@@ -17,8 +17,10 @@ import torch
 import cnnkit
 import cnnkit.functional as CF
 import reference as ref
-from conftest import BadCase, assert_close, bad_case_params, check_bad_case, make_tensor
-from conv_family import CONV2D, LOCAL, TILED, check_compiled_equals_eager, view_bad_cases
+from conftest import (BadCase, assert_close, bad_case_params, check_bad_case, exact_message,
+                      make_tensor, with_layout)
+from conv_family import (CONV2D, LOCAL, TILED, check_compiled_equals_eager, conv_hyper,
+                         conv_op_geometry, conv_out_shape, view_bad_cases)
 from problems import pair
 
 ops = torch.ops.cnnkit
@@ -205,6 +207,99 @@ def test_equal_tiles_equal_conv2d(pb, device):
         assert_close(got, want, F64)
 
 
+# --------------------------------------------------------------------------- untied bias
+# With a fixed input size the tiled convolution may learn one bias per output
+# location: the op takes a bias (C_out, OH, OW) beside (C_out, tH, tW), and
+# adds bias[k, p, q] to out[n, k, p, q] (forward only here). With tiles equal
+# to the output size the two shapes are one, and mean the same.
+
+# Tiles dividing the output or not, equal to it, larger than it, (1, 1), one
+# sample, stride 2, groups, depthwise, an empty batch, a 1x1 output, narrow
+# phases (the CPU engine's streamed products), several blocks of samples,
+# phases split over threads, and the CPU engine's tap products (64 channels,
+# with and without stride and dilation).
+UNTIED_BIAS_PROBLEMS = TILED.by_id("tiles_1x1", "tiles_2x2", "tiles_2x3", "tiles_not_dividing",
+                                   "tiles_eq_output", "tiles_gt_output", "odd_sizes", "1x1",
+                                   "stride2_pad1", "stride2_floor", "groups2", "depthwise",
+                                   "depthwise_mult2_stride2", "batch0", "kernel_eq_padded_input",
+                                   "pad4_asymmetric", "narrow_phases", "several_blocks",
+                                   "sample_chunks", "tap_products", "tap_products_strided")
+
+
+def untied_bias_shape(pb) -> tuple:
+    """(C_out, OH, OW)."""
+    return conv_out_shape(pb)[1:]
+
+
+def untied_reference(pb, x, w, b):
+    """The SPEC 1.4 reference without bias, plus the bias at every sample."""
+    return ref.tiled_conv2d_ref(x, w, None, **conv_hyper(pb)) + b.to(F64)[None]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("pb", UNTIED_BIAS_PROBLEMS, ids=str)
+def test_untied_bias_matches_reference(pb, layout, device):
+    x, w, _ = TILED.args(pb, F64, device, layout)
+    b = make_tensor(untied_bias_shape(pb), F64, device)
+    y = ops.tiled_conv2d(x, w, b, *conv_op_geometry(pb))
+    assert_close(y, untied_reference(pb, x, w, b), F64)
+    tied = ops.tiled_conv2d(x, w, None, *conv_op_geometry(pb))
+    assert y.stride() == tied.stride()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
+@pytest.mark.parametrize("pb", TILED.by_id("tiles_2x3", "groups2"), ids=str)
+def test_untied_bias_strided_bias_and_dtypes(pb, dtype, device):
+    # A bias that is a non-contiguous view reads as its values; so does a
+    # phase-major weight.
+    x, w, _ = TILED.args(pb, dtype, device)
+    for layout in ("sliced", "transposed"):
+        b = with_layout(make_tensor(untied_bias_shape(pb), dtype, device), layout)
+        want = untied_reference(pb, x, w, b)
+        assert_close(ops.tiled_conv2d(x, w, b, *conv_op_geometry(pb)), want, dtype)
+        assert_close(ops.tiled_conv2d(x, phase_major(w), b, *conv_op_geometry(pb)), want, dtype)
+
+
+def test_untied_bias_is_the_tiled_bias_repeated(device):
+    # A (C_out, tH, tW) bias repeated over the output is the same convolution.
+    pb = TILED.by_id("tiles_not_dividing")[0]
+    x, w, b = TILED.args(pb, F64, device)
+    _, _, P, Q = conv_out_shape(pb)
+    tH, tW = pair(pb.tiles)
+    untied = b[:, torch.arange(P) % tH][:, :, torch.arange(Q) % tW]
+    geometry = conv_op_geometry(pb)
+    assert_close(ops.tiled_conv2d(x, w, untied, *geometry), ops.tiled_conv2d(x, w, b, *geometry),
+                 F64)
+
+
+# Bias shapes neither (C_out, tH, tW) nor (C_out, OH, OW), for input
+# (2, 3, 7, 9) and weight (8, 3, 3, 3, 2, 2): output 5x7.
+UNTIED_BAD_BIAS_SHAPES = [(3,), (8,), (8, 7, 5), (8, 2, 3), (8, 5), (1, 8, 5, 7), (8, 1, 1),
+                          (9, 5, 7)]
+
+
+@pytest.mark.parametrize("shape", UNTIED_BAD_BIAS_SHAPES, ids=str)
+def test_wrong_bias_shape_names_both_shapes(shape, device):
+    x = make_tensor((2, 3, 7, 9), torch.float32, device)
+    w = make_tensor((8, 3, 3, 3, 2, 2), torch.float32, device)
+    b = make_tensor(shape, torch.float32, device)
+    message = (f"cnnkit.tiled_conv2d: expected bias of shape [8, 2, 2] or [8, 5, 7], but got "
+               f"shape {list(shape)}")
+    with pytest.raises(RuntimeError, match=exact_message(message)):
+        ops.tiled_conv2d(x, w, b, [1, 1], [0, 0], [1, 1], 1)
+
+
+@pytest.mark.parametrize("shape", [(3,), (8,), (8, 7, 5), (8, 2, 2)], ids=str)
+def test_wrong_bias_shape_tiles_equal_to_output(shape, device):
+    # Tiles (5, 7) on the 5x7 output: the two shapes are one, named once.
+    x = make_tensor((2, 3, 7, 9), torch.float32, device)
+    w = make_tensor((8, 3, 3, 3, 5, 7), torch.float32, device)
+    b = make_tensor(shape, torch.float32, device)
+    message = f"cnnkit.tiled_conv2d: expected bias of shape [8, 5, 7], but got shape {list(shape)}"
+    with pytest.raises(RuntimeError, match=exact_message(message)):
+        ops.tiled_conv2d(x, w, b, [1, 1], [0, 0], [1, 1], 1)
+
+
 # --------------------------------------------------------------------------- torch.compile
 
 
@@ -261,13 +356,17 @@ TILED_BAD_CASES = [
                                                               groups=2), RuntimeError,
             f"{FN}: expected output channels (3) to be divisible by groups (2)"),
     BadCase("bias_per_channel", lambda t: _tiled(t(1, 2, 5, 5), t(2, 2, 3, 3, 2, 2), t(2)),
-            RuntimeError, f"{FN}: expected bias of shape [2, 2, 2], but got shape [2]"),
-    BadCase("bias_per_location", lambda t: _tiled(t(1, 2, 5, 5), t(2, 2, 3, 3, 2, 2),
-                                                  t(2, 3, 3)), RuntimeError,
-            f"{FN}: expected bias of shape [2, 2, 2], but got shape [2, 3, 3]"),
+            RuntimeError, f"{FN}: expected bias of shape [2, 2, 2] or [2, 3, 3], but got shape "
+            "[2]"),
+    BadCase("bias_per_location_transposed", lambda t: _tiled(t(1, 2, 5, 6), t(2, 2, 3, 3, 2, 2),
+                                                             t(2, 4, 3)), RuntimeError,
+            f"{FN}: expected bias of shape [2, 2, 2] or [2, 3, 4], but got shape [2, 4, 3]"),
     BadCase("bias_tiles_transposed", lambda t: _tiled(t(1, 2, 5, 5), t(2, 2, 3, 3, 2, 3),
                                                       t(2, 3, 2)), RuntimeError,
-            f"{FN}: expected bias of shape [2, 2, 3], but got shape [2, 3, 2]"),
+            f"{FN}: expected bias of shape [2, 2, 3] or [2, 3, 3], but got shape [2, 3, 2]"),
+    BadCase("bias_tiles_equal_to_output", lambda t: _tiled(t(1, 2, 5, 5), t(2, 2, 3, 3, 3, 3),
+                                                           t(2)), RuntimeError,
+            f"{FN}: expected bias of shape [2, 3, 3], but got shape [2]"),
     BadCase("input_int64", lambda t: _tiled(t(1, 2, 5, 5, dtype=torch.int64),
                                             t(2, 2, 3, 3, 2, 2, dtype=torch.int64)), RuntimeError,
             f"{FN}: expected input of dtype torch.float32 or torch.float64, but got torch.int64",
