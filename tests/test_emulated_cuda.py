@@ -18,7 +18,8 @@ other test files) run in float64 on the same rounded values. Checked here:
 - every problem of the shared lists (tests/problems.py), the wide-channel ones
   included, in float64, float32, float16 and bfloat16: outputs, max-pool
   indices and every gradient against the float64 reference, with their dtype
-  and shape;
+  and shape; the forward of conv2d, conv_transpose2d and tiled_conv2d with an
+  untied bias (C_out, OH, OW) likewise;
 - channels_last and strided (sliced) operands give what contiguous ones give,
   in the memory format the CPU ops give;
 - determinism: forward and every backward op run twice give bit-identical
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 import cnnkit  # noqa: F401  (torch.ops.cnnkit: the references)
 import cnnkit._C_emu  # noqa: F401  (registers torch.ops.cnnkit_emu.*)
 from conftest import exact_message, make_tensor, with_layout
-from conv_family import transpose_op_geometry
+from conv_family import conv_out_shape, transpose_op_geometry, transpose_out_shape
 from problems import (ADAPTIVE_POOL_PROBLEMS, CHANNEL_POOL_PROBLEMS, CONV_PROBLEMS,
                       CONV_TRANSPOSE_PROBLEMS, FULL_WAVE_CONV_PROBLEMS, LOCAL_PROBLEMS,
                       OP_ONLY_CONV_PROBLEMS, POOL_PROBLEMS, TILED_PROBLEMS, WIDE_CONV_PROBLEMS,
@@ -182,9 +183,53 @@ def channel_max_pool_backward(lib, pb, operands, outputs, g):
                                                                        pb.pool_size)}
 
 
+# Untied biases: conv2d, conv_transpose2d and tiled_conv2d with a bias per
+# output location (C_out, OH, OW), forward only (the op adds it: the GEMM and
+# tensor-core epilogues, the depthwise kernel; conv_transpose2d after its
+# input-gradient engine). Problems with a bias, chosen to reach every forward
+# kernel: the CUDA-core GEMM with vector and scalar stores, several and wide
+# column tiles and the 128x128 tile (float32), ragged tiles, several tile
+# phases of unequal extent; the depthwise kernels; the tensor-core kernels in
+# float16 and bfloat16; an empty batch and a 1x1 output.
+def untied_bias_shapes(out_shape):
+    def shapes(pb):
+        return [pb.input_shape, pb.weight_shape, tuple(out_shape(pb)[1:])]
+    return shapes
+
+
+def forward_only(lib, pb, operands, outputs, g):
+    return {}
+
+
+def _by_id(problems, *ids):
+    table = {pb.id: pb for pb in problems}
+    return tuple(table[i] for i in ids)
+
+
+UNTIED_CONV_PROBLEMS = _by_id(
+    CONV_PROBLEMS + OP_ONLY_CONV_PROBLEMS + WIDE_CONV_PROBLEMS + FULL_WAVE_CONV_PROBLEMS,
+    "basic_3x3", "odd_sizes", "1x1_stride2", "stride2_pad1", "groups2", "groups3_stride2",
+    "depthwise", "depthwise_mult2", "batch0", "kernel_eq_padded_input", "pad4_asymmetric",
+    "block_remainders", "wide_160", "wide_groups2", "wide_ragged", "full_wave_forward")
+UNTIED_CONV_TRANSPOSE_PROBLEMS = _by_id(
+    CONV_TRANSPOSE_PROBLEMS + WIDE_CONV_TRANSPOSE_PROBLEMS,
+    "t_basic", "t_stride2_outpad1", "t_odd", "t_groups2", "t_depthwise", "t_batch0",
+    "t_crop_to_1", "t_wide_160_stride2")
+UNTIED_TILED_PROBLEMS = _by_id(
+    TILED_PROBLEMS + WIDE_TILED_PROBLEMS,
+    "tiles_1x1", "tiles_2x2", "tiles_2x3", "tiles_not_dividing", "tiles_eq_output",
+    "tiles_gt_output", "stride2_pad1", "groups2", "depthwise_mult2_stride2", "batch0",
+    "kernel_eq_padded_input", "remainders", "wide_tiles_160", "wide_tiles_256_stride2")
+
 FAMILIES = [
     Family("conv2d", tuple(CONV_PROBLEMS + OP_ONLY_CONV_PROBLEMS + WIDE_CONV_PROBLEMS
                            + FULL_WAVE_CONV_PROBLEMS), conv_shapes, *convolution("conv2d")),
+    Family("conv2d_untied_bias", UNTIED_CONV_PROBLEMS, untied_bias_shapes(conv_out_shape),
+           convolution("conv2d")[0], forward_only),
+    Family("conv_transpose2d_untied_bias", UNTIED_CONV_TRANSPOSE_PROBLEMS,
+           untied_bias_shapes(transpose_out_shape), conv_transpose_forward, forward_only),
+    Family("tiled_conv2d_untied_bias", UNTIED_TILED_PROBLEMS, untied_bias_shapes(conv_out_shape),
+           convolution("tiled_conv2d", tiled=True)[0], forward_only),
     Family("conv_transpose2d", tuple(CONV_TRANSPOSE_PROBLEMS + WIDE_CONV_TRANSPOSE_PROBLEMS),
            conv_shapes, conv_transpose_forward, conv_transpose_backward),
     Family("local_conv2d", tuple(LOCAL_PROBLEMS), conv_shapes, *convolution("local_conv2d")),
@@ -304,6 +349,9 @@ SANITIZE_PROBLEMS = {
     "conv_transpose2d": {"t_stride2_outpad1", "t_groups2"},
     "local_conv2d": {"stride2_pad1", "groups2", "kernel_row_6200"},
     "tiled_conv2d": {"tiles_2x3", "groups2"},
+    "conv2d_untied_bias": {"groups2", "stride2_pad1", "depthwise_mult2"},
+    "conv_transpose2d_untied_bias": {"t_stride2_outpad1"},
+    "tiled_conv2d_untied_bias": {"tiles_2x3", "groups2"},
     "max_pool2d": {"resnet_3x3_s2_p1", "channels19"},
     "avg_pool2d": {"no_count_pad", "ceil_count_pad"},
     "adaptive_max_pool2d": {"non_divisible", "channels19"},
@@ -317,7 +365,8 @@ def sanitized(family, pb, dtype, wide=True) -> tuple:
     """The marks of a case: "sanitize" where it belongs to the sanitizer run
     (`wide`: the wide problems too)."""
     chosen = dtype in SANITIZE_DTYPES and pb.id in SANITIZE_PROBLEMS.get(family.name, ())
-    if wide and pb.id.startswith("wide_"):
+    # (The untied-bias families' wide problems add no kernel code of their own.)
+    if wide and pb.id.startswith("wide_") and not family.name.endswith("_untied_bias"):
         chosen = dtype == torch.float32 or (dtype == torch.float16 and pb.id == SANITIZE_WIDE_HALF)
     return (pytest.mark.sanitize,) if chosen else ()
 
@@ -350,6 +399,9 @@ LAYOUT_PROBLEMS = {
     "conv_transpose2d": ("t_stride2_outpad1", "t_groups2"),
     "local_conv2d": ("stride2_pad1", "groups2"),
     "tiled_conv2d": ("tiles_2x3", "groups2"),
+    "conv2d_untied_bias": ("groups2", "depthwise_mult2"),
+    "conv_transpose2d_untied_bias": ("t_stride2_outpad1", "t_groups2"),
+    "tiled_conv2d_untied_bias": ("tiles_2x3", "groups2"),
     "max_pool2d": ("resnet_3x3_s2_p1", "channels19"),
     "avg_pool2d": ("no_count_pad", "ceil_count_pad"),
     "adaptive_max_pool2d": ("non_divisible", "channels19"),
