@@ -467,8 +467,9 @@ def _pool_vmap(name):
 
 def _gather_planes(t, indices):
     """t[n, c, indices[n, c, p, q]] over flat positions within each plane."""
-    N, C = indices.shape[:2]
-    return t.reshape(N, C, -1).gather(2, indices.reshape(N, C, -1)).view(indices.shape)
+    N, C, P, Q = indices.shape
+    planes = t.reshape(N, C, t.shape[2] * t.shape[3])
+    return planes.gather(2, indices.reshape(N, C, P * Q)).view(indices.shape)
 
 
 def _max_pool_backward(needs, a, saved, grad, _grad_indices):

@@ -444,3 +444,14 @@ def test_untied_bias_every_mode(name, call, reference, x, w, bias_shape, one_thr
     _, dy_ref = jvp(lambda x, w, b: reference(x, w) + b, (x, w, b), tangents)
     assert_close(dy, dy_ref)
     check_vmap(call, (x, w, b))
+
+
+def test_empty_batch_tangents_and_batching():
+    # Batch 0: forward-mode tangents and batched calls of every kind of rule.
+    x = torch.randn(0, 2, 6, 6, dtype=F64)
+    w = torch.randn(3, 2, 3, 3, dtype=F64)
+    for f in (lambda x: CF.conv2d(x, w), lambda x: CF.max_pool2d(x, 2),
+              lambda x: CF.avg_pool2d(x, 3, 2, 1), lambda x: CF.channel_max_pool(x, 2)):
+        y, dy = jvp(f, (x,), (x,))
+        assert dy.shape == y.shape and y.shape[0] == 0
+        assert vmap(f)(x.unsqueeze(0).expand(3, *x.shape)).shape == (3, *y.shape)
