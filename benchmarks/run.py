@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/run.py --suite resnet50 vgg16 --modes fwdbwd
     .venv/bin/python benchmarks/run.py --suite all --ops conv2d --batch 4
     .venv/bin/python benchmarks/run.py --suite local tiled   # issue 3: unshared and tiled conv
+    .venv/bin/python benchmarks/run.py --suite per_sample    # per-sample gradients, 1 and 2 threads
     .venv/bin/python benchmarks/run.py --device cuda --dtype bfloat16
     python3 benchmarks/run.py --device cuda --suite resnet50-b32 --ops conv2d --dtype float16
     .venv/bin/python benchmarks/run.py --list
@@ -34,6 +35,12 @@ reference op of cnnkit's on the same shape (tiled convolution against conv2d),
 and the minimal memory traffic against the copy ceiling (local convolution,
 which streams a weight per output location).
 
+The per_sample suite times whole networks: the per-sample gradients
+(torch.func.vmap(grad) of each sample's cross-entropy) of a small CNN built
+from cnnkit.nn layers, against its torch.nn twin with the same weights, or,
+for a network with a locally connected layer (no torch.nn twin), against a
+loop over the samples; at each of the suite's thread counts in one run.
+
 Results go to benchmarks/results/ (or --out): <device>-<suites>[-<dtype>]-<date>.json
 (every row, the ceilings, machine info), .md (the printed tables) and .png
 (the per-layer time ratio, log scale; skipped without matplotlib). On CUDA the
@@ -50,6 +57,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import time
 import timeit
@@ -66,6 +74,8 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.func import functional_call, grad, vmap  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torch.utils.benchmark import Timer  # noqa: E402
 
@@ -76,9 +86,10 @@ except ImportError:  # optional: plain progress lines without it
 
 import cnnkit  # noqa: E402
 import cnnkit.functional as CF  # noqa: E402
-from suites import SUITES, TARGETS, Timing  # noqa: E402
+from suites import SUITES, TARGETS, Conv2d, LocalConv2d, PerSampleNet, Pool2d, Timing  # noqa: E402
 
-MODES = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}  # option value -> table label
+# option value -> table label; per_sample: the per-sample gradients of a network
+MODES = {"fwd": "fwd", "fwdbwd": "fwd+bwd", "per_sample": "per-sample grad"}
 PASSES = {"fwd": 1, "fwdbwd": 3}  # conv passes: forward; + input grad + weight grad
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
           "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -123,6 +134,7 @@ class OpBench:
     work: Callable  # (layer, operands, output, mode) -> Work
     measure_memory: bool = False  # report the peak extra memory of one call, cnnkit's and the baseline's
     reference: Reference | None = None
+    modes: tuple[str, ...] = ("fwd", "fwdbwd")
 
 
 def conv_operands(layer, batch, device, dtype):
@@ -257,6 +269,91 @@ def _pool_bench(call, stores_indices):
                    partial(pool_work, stores_indices=stores_indices))
 
 
+@dataclass(frozen=True)
+class NetBench:
+    """A network op (a suite layer that is a PerSampleNet): its step is the
+    per-sample gradients of a network of cnnkit.nn layers by vmap(grad); the
+    baseline makes the same per-sample gradients another way."""
+
+    baseline_name: str
+    baseline: Callable  # (cnnkit model, net, x, y) -> step() -> per-sample gradients, in parameter order
+    modes: tuple[str, ...] = ("per_sample",)
+    measure_memory: bool = False
+    reference: Reference | None = None
+
+
+def build_network(net: PerSampleNet, layers, device, dtype) -> nn.Module:
+    """net's layers from `layers`, cnnkit.nn or torch.nn (which has no
+    LocallyConnected2d): Conv2d and LocallyConnected2d each followed by a
+    ReLU, MaxPool2d, then Flatten and a torch.nn.Linear to net.classes."""
+    modules = []
+    for layer in net.layers:
+        if isinstance(layer, Pool2d):
+            modules.append(layers.MaxPool2d(layer.kernel, layer.stride, layer.padding,
+                                            ceil_mode=layer.ceil_mode))
+            continue
+        conv_args = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                         groups=layer.groups, bias=layer.bias, device=device, dtype=dtype)
+        if isinstance(layer, LocalConv2d):
+            if not hasattr(layers, "LocallyConnected2d"):
+                raise NotImplementedError(f"{layers.__name__} has no LocallyConnected2d")
+            modules.append(layers.LocallyConnected2d(layer.C, layer.K, layer.kernel,
+                                                     in_size=(layer.H, layer.W), **conv_args))
+        else:
+            modules.append(layers.Conv2d(layer.C, layer.K, layer.kernel, **conv_args))
+        modules.append(nn.ReLU())
+    modules += [nn.Flatten(), nn.Linear(net.features(), net.classes, device=device, dtype=dtype)]
+    return nn.Sequential(*modules)
+
+
+def per_sample_grad_step(model: nn.Module, x, y):
+    """step() -> the gradient of each sample's cross-entropy with respect to
+    every parameter of model, (N, *parameter shape) each, by vmap(grad): one
+    batched call of each op (a vmapped input folds into the batch, the per-sample
+    cotangents of a weight gradient into cnnkit's groups)."""
+    params = {name: parameter.detach() for name, parameter in model.named_parameters()}
+
+    def sample_loss(params, x, y):
+        return F.cross_entropy(functional_call(model, params, (x.unsqueeze(0),)), y.unsqueeze(0))
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    return lambda: tuple(per_sample(params, x, y).values())
+
+
+def torch_twin_step(model: nn.Module, net: PerSampleNet, x, y):
+    """per_sample_grad_step on net built from torch.nn layers, with model's weights."""
+    twin = build_network(net, nn, x.device, x.dtype)
+    twin.load_state_dict(model.state_dict())
+    return per_sample_grad_step(twin, x, y)
+
+
+def loop_step(model: nn.Module, net: PerSampleNet, x, y):
+    """The per-sample gradients of model one sample at a time: a forward and an
+    autograd backward per sample, the gradients stacked into (N, *shape)."""
+    params = list(model.parameters())
+
+    def step():
+        grads = [torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]), params)
+                 for i in range(x.shape[0])]
+        return tuple(torch.stack(per_parameter) for per_parameter in zip(*grads))
+    return step
+
+
+def per_sample_work(net: PerSampleNet, batch: int) -> Work:
+    """FLOPs of the conv, locally connected and linear layers: 2*N*K*OH*OW*C*R*S
+    (2*N*in*out for the linear) per pass; passes: forward, weight gradient and,
+    past the first layer, input gradient (the input needs none). Pools, ReLUs
+    and biases are left out."""
+    flops, first = 0, True
+    for layer in net.layers:
+        if isinstance(layer, Conv2d):
+            out_h, out_w = layer.output_size()
+            flops += 2 * batch * layer.K * out_h * out_w * layer.patch_size() * (2 if first else 3)
+            first = False
+    flops += 2 * batch * net.features() * net.classes * (2 if first else 3)
+    return Work(flops, "flop")
+
+
 OPS = {
     "conv2d": OpBench("ATen", conv_operands, partial(conv_call, CF.conv2d), partial(conv_call, F.conv2d),
                       conv_work),
@@ -270,6 +367,8 @@ OPS = {
                             tiled_conv2d_per_phase, many_weights_conv_work, measure_memory=True,
                             reference=Reference("conv2d", first_tile_operands,
                                                 partial(conv_call, CF.conv2d))),
+    "per_sample_grad": NetBench("torch.nn", torch_twin_step),
+    "per_sample_grad_local": NetBench("loop over samples", loop_step),
 }
 
 
@@ -483,11 +582,62 @@ def capture_graphs(steps: dict, device) -> tuple[dict, str | None]:
     return {name: graph.replay for name, graph in graphs.items()}, None
 
 
+def error_row(row: dict, exc: Exception) -> dict:
+    """The row of an op that failed (a missing kernel, a bad shape): the exception, shortened."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    row.update(status="error", message=f"{type(exc).__name__}: {message}"[:160])
+    return row
+
+
+def checked(row: dict, error: float, dtype) -> bool:
+    """Records the row's max relative error; False (and the row marked wrong)
+    when it exceeds the dtype's tolerance."""
+    row["max_rel_error"] = error if math.isfinite(error) else None  # None: shapes differ or NaN
+    if not error <= TOLERANCE[dtype]:
+        row.update(status="wrong", message=f"max rel error {error:.1e} > {TOLERANCE[dtype]:.0e}")
+        return False  # a wrong kernel has no speed
+    return True
+
+
+def time_row(row: dict, steps: dict, work: Work, timing, threads, device, ceilings,
+             cuda_graph: bool) -> dict:
+    """Times the row's steps (cnnkit, baseline and any others) in alternating
+    rounds and records the times, their ratio and the rates; returns every
+    step's times."""
+    if cuda_graph:
+        steps, capture_failure = capture_graphs(steps, device)
+        row["timed"] = "eager" if capture_failure else "cuda graph"
+        if capture_failure:
+            row["capture_failure"] = capture_failure
+    other_load = OtherLoad()
+    times = time_alternating(steps, timing, threads, device)
+    row["other_load"] = other_load.fraction()
+    cnnkit_time, baseline_time = summarize_times(times["cnnkit"]), summarize_times(times["baseline"])
+    ceiling = ceilings["matmul_gflops" if work.unit == "flop" else "copy_gbs"]
+    cnnkit_rate = work.amount / cnnkit_time["ms"] / 1e6  # G<unit>/s
+    baseline_rate = work.amount / baseline_time["ms"] / 1e6
+    row.update(
+        status="ok",
+        **{f"cnnkit_{key}": value for key, value in cnnkit_time.items()},
+        **{f"baseline_{key}": value for key, value in baseline_time.items()},
+        ratio=cnnkit_time["ms"] / baseline_time["ms"],
+        work=work.amount, work_unit=work.unit,
+        rate_unit="GFLOP/s" if work.unit == "flop" else "GB/s",
+        cnnkit_rate=cnnkit_rate, baseline_rate=baseline_rate,
+        cnnkit_ceiling_fraction=cnnkit_rate / ceiling,
+        baseline_ceiling_fraction=baseline_rate / ceiling,
+    )
+    return times
+
+
 def bench_row(suite, layer, batch, mode, device, dtype, timing, threads, ceilings,
               cuda_graph: bool = False) -> dict:
     op = OPS[layer.op]
     row = {"suite": suite.name, "op": layer.op, "layer": layer.name, "shape": layer.shape(batch),
-           "mode": mode, "batch": batch, "baseline_name": op.baseline_name}
+           "mode": mode, "batch": batch, "threads": threads, "baseline_name": op.baseline_name}
+    if isinstance(op, NetBench):
+        return bench_network_row(row, op, layer, batch, device, dtype, timing, threads, ceilings,
+                                 cuda_graph)
     torch.manual_seed(0)
     try:
         operands = op.make_operands(layer, batch, device, dtype)
@@ -511,39 +661,12 @@ def bench_row(suite, layer, batch, mode, device, dtype, timing, threads, ceiling
         result_bytes = tensor_bytes(results["baseline"])
         del results
     except Exception as exc:  # a missing kernel, a bad shape: report it, go on
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        row.update(status="error", message=f"{type(exc).__name__}: {message}"[:160])
+        return error_row(row, exc)
+    if not checked(row, error, dtype):
         return row
 
-    row["max_rel_error"] = error if math.isfinite(error) else None  # None: shapes differ or NaN
-    if not error <= TOLERANCE[dtype]:
-        row.update(status="wrong", message=f"max rel error {error:.1e} > {TOLERANCE[dtype]:.0e}")
-        return row  # a wrong kernel has no speed
-
-    if cuda_graph:
-        steps, capture_failure = capture_graphs(steps, device)
-        row["timed"] = "eager" if capture_failure else "cuda graph"
-        if capture_failure:
-            row["capture_failure"] = capture_failure
-    other_load = OtherLoad()
-    times = time_alternating(steps, timing, threads, device)
-    row["other_load"] = other_load.fraction()
-    cnnkit_time, baseline_time = summarize_times(times["cnnkit"]), summarize_times(times["baseline"])
     work = op.work(layer, operands, output, mode)
-    ceiling = ceilings["matmul_gflops" if work.unit == "flop" else "copy_gbs"]
-    cnnkit_rate = work.amount / cnnkit_time["ms"] / 1e6  # G<unit>/s
-    baseline_rate = work.amount / baseline_time["ms"] / 1e6
-    row.update(
-        status="ok",
-        **{f"cnnkit_{key}": value for key, value in cnnkit_time.items()},
-        **{f"baseline_{key}": value for key, value in baseline_time.items()},
-        ratio=cnnkit_time["ms"] / baseline_time["ms"],
-        work=work.amount, work_unit=work.unit,
-        rate_unit="GFLOP/s" if work.unit == "flop" else "GB/s",
-        cnnkit_rate=cnnkit_rate, baseline_rate=baseline_rate,
-        cnnkit_ceiling_fraction=cnnkit_rate / ceiling,
-        baseline_ceiling_fraction=baseline_rate / ceiling,
-    )
+    times = time_row(row, steps, work, timing, threads, device, ceilings, cuda_graph)
     if op.measure_memory:
         # Scratch: the peak beyond the call's outputs and gradients, which both
         # sides must allocate (at batch 1 a locally connected layer's weight
@@ -558,14 +681,36 @@ def bench_row(suite, layer, batch, mode, device, dtype, timing, threads, ceiling
         reference_time = summarize_times(times["reference"])
         row.update(reference_name=op.reference.name,
                    **{f"reference_{key}": value for key, value in reference_time.items()},
-                   reference_ratio=cnnkit_time["ms"] / reference_time["ms"])
+                   reference_ratio=row["cnnkit_ms"] / reference_time["ms"])
         if op.measure_memory:
             row["reference_peak_bytes"] = peaks["reference"]
     if work.min_bytes is not None:
         copy_bytes_per_ms = ceilings["copy_gbs"] * 1e6
         row.update(min_bytes=work.min_bytes,
-                   cnnkit_bandwidth_fraction=work.min_bytes / cnnkit_time["ms"] / copy_bytes_per_ms,
-                   baseline_bandwidth_fraction=work.min_bytes / baseline_time["ms"] / copy_bytes_per_ms)
+                   cnnkit_bandwidth_fraction=work.min_bytes / row["cnnkit_ms"] / copy_bytes_per_ms,
+                   baseline_bandwidth_fraction=work.min_bytes / row["baseline_ms"] / copy_bytes_per_ms)
+    return row
+
+
+def bench_network_row(row, op: NetBench, net: PerSampleNet, batch, device, dtype, timing, threads,
+                      ceilings, cuda_graph: bool) -> dict:
+    """A network op's row: net of cnnkit.nn layers (seed 0), a batch of
+    random images and labels, its per-sample gradients by vmap(grad) against
+    the op's baseline, checked on every parameter's gradients, then timed."""
+    torch.manual_seed(0)
+    try:
+        model = build_network(net, cnnkit.nn, device, dtype)
+        x = torch.randn(batch, *net.input_shape(), device=device, dtype=dtype)
+        y = torch.randint(0, net.classes, (batch,), device=device)
+        steps = {"baseline": op.baseline(model, net, x, y), "cnnkit": per_sample_grad_step(model, x, y)}
+        results = {name: step() for name, step in steps.items()}  # the check, and a warmup
+        error = relative_error(results["cnnkit"], results["baseline"])
+        del results
+    except Exception as exc:  # a missing kernel, a refused transform: report it, go on
+        return error_row(row, exc)
+    if not checked(row, error, dtype):
+        return row
+    time_row(row, steps, per_sample_work(net, batch), timing, threads, device, ceilings, cuda_graph)
     return row
 
 
@@ -592,6 +737,19 @@ def measure_ceilings(device, dtype, threads) -> dict:
             "copy_bytes": copy_bytes, "copy_gbs": copy_bytes / copy.median / 1e9}
 
 
+def source_revision() -> str | None:
+    """The checkout's commit, "+ changes" when its tracked files differ from it
+    (the in-place build may then hold code that no commit has); None outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + (" + changes" if changed else "")
+
+
 def machine_info(device) -> dict:
     cpu_model = platform.processor()
     try:
@@ -611,6 +769,7 @@ def machine_info(device) -> dict:
         "torch": torch.__version__,
         "cnnkit": cnnkit.__version__,
         "cnnkit_build": cnnkit.build_info(),
+        "source": source_revision(),
         "device": device.type,
         "device_name": cpu_model,
     }
@@ -635,9 +794,16 @@ def geomean(values) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
-def layer_label(row, with_batch: bool) -> str:
-    """The row's layer name, with its batch size where rows of several batches mix."""
-    return f"{row['layer']} N={row['batch']}" if with_batch else row["layer"]
+def layer_label(row, with_batch: bool, with_threads: bool = False) -> str:
+    """The row's layer name, with its batch size where rows of several batches
+    mix, and its thread count where rows of several thread counts mix."""
+    label = f"{row['layer']} N={row['batch']}" if with_batch else row["layer"]
+    return f"{label} {row['threads']}T" if with_threads else label
+
+
+def several(rows, key: str) -> bool:
+    """Whether the rows differ in key (batch, threads)."""
+    return len({row.get(key) for row in rows}) > 1
 
 
 def summarize(rows) -> list[dict]:
@@ -654,7 +820,8 @@ def summarize(rows) -> list[dict]:
         measured = [row for row in group if row["status"] == "ok"]
         entry = {"suite": suite, "op": op, "mode": mode, "layers": len(group),
                  "not_measured": len(group) - len(measured)}
-        label = partial(layer_label, with_batch=len({row["batch"] for row in group}) > 1)
+        label = partial(layer_label, with_batch=several(group, "batch"),
+                        with_threads=several(group, "threads"))
         if measured:
             worst = max(measured, key=lambda row: row["ratio"])
             lowest = min(measured, key=lambda row: row["cnnkit_ceiling_fraction"])
@@ -801,12 +968,14 @@ def rows_table(rows) -> str:
     if any("cnnkit_bandwidth_fraction" in row for row in measured):
         extras.append(("min bytes % copy", lambda row: (
             f"{row['cnnkit_bandwidth_fraction']:.0%}" if "cnnkit_bandwidth_fraction" in row else None)))
-    header = ["suite", "op", "layer", "shape", "mode", "cnnkit ms", f"{baseline} ms",
-              f"cnnkit/{baseline}", "cnnkit rate", "cnnkit % ceil", f"{baseline} % ceil",
+    threads = several(rows, "threads")  # a column of its own only where rows differ in it
+    header = ["suite", "op", "layer", "shape", *(["threads"] if threads else []), "mode", "cnnkit ms",
+              f"{baseline} ms", f"cnnkit/{baseline}", "cnnkit rate", "cnnkit % ceil", f"{baseline} % ceil",
               *(name for name, _ in extras), "check"]
     lines = []
     for row in rows:
-        start = [row["suite"], row["op"], row["layer"], row["shape"], MODES[row["mode"]]]
+        start = [row["suite"], row["op"], row["layer"], row["shape"],
+                 *([row["threads"]] if threads else []), MODES[row["mode"]]]
         if row["status"] != "ok":
             lines.append(start + ["-"] * (6 + len(extras)) + [f"{row['status'].upper()}: {row['message']}"])
             continue
@@ -816,7 +985,9 @@ def rows_table(rows) -> str:
             f"{row['cnnkit_ceiling_fraction']:.0%}", f"{row['baseline_ceiling_fraction']:.0%}",
             *(cell(row) or "-" for _, cell in extras),
             f"ok ({row['max_rel_error']:.0e}){timing_warnings(row)}"])
-    return markdown_table(header, lines, right_aligned=set(range(5, 11 + len(extras))))
+    first_number = 6 if threads else 5
+    return markdown_table(header, lines, right_aligned={*range(first_number, first_number + 6 + len(extras)),
+                                                        *([4] if threads else [])})
 
 
 def summary_table(summary) -> str:
@@ -865,7 +1036,16 @@ def timing_text(timing: dict) -> str:
             + (" of single calls" if timing["per_call"] else ""))
 
 
-def report_text(info, settings, ceilings, rows, summary, targets) -> str:
+def ceilings_text(ceilings: dict, device: str) -> str:
+    return (f"matmul {ceilings['matmul_size']}^2 {ceilings['matmul_dtype']} "
+            f"{ceilings['matmul_gflops']:.1f} GFLOP/s (conv % ceil); "
+            f"copy 256 MiB {'device to device ' if device == 'cuda' else ''}"
+            f"{ceilings['copy_gbs']:.1f} GB/s read+write (pooling % ceil)")
+
+
+def report_text(info, settings, ceilings_by_threads, rows, summary, targets) -> str:
+    """The Markdown report; ceilings_by_threads: measure_ceilings's result per
+    thread count of the run's rows."""
     tf32 = ""
     if info["device"] == "cuda":
         tf32 = f", cudnn.allow_tf32={info['cudnn_allow_tf32']}, cudnn.benchmark={info['cudnn_benchmark']}"
@@ -892,16 +1072,31 @@ def report_text(info, settings, ceilings, rows, summary, targets) -> str:
     if any("cnnkit_bandwidth_fraction" in row for row in measured):
         notes.append("- min bytes % copy: the minimal traffic (every tensor read or written once per pass "
                      "that needs it) per cnnkit time, over the copy ceiling")
+    if any(row["mode"] == "per_sample" for row in rows):
+        notes.append("- per-sample grad: the gradient of each sample's cross-entropy with respect to every "
+                     "parameter of the network in the shape column (ReLU after each conv), by "
+                     "torch.func.vmap(grad) through cnnkit.nn layers; baseline torch.nn: the same network "
+                     "of torch.nn layers with the same weights, also by vmap(grad); loop over samples: "
+                     "cnnkit.nn layers, one autograd backward per sample, gradients stacked. Rate: FLOPs "
+                     "of the conv, local and linear layers (forward, weight gradient, and input gradient "
+                     "past the first layer) over the matmul ceiling at the row's thread count")
+    if len(ceilings_by_threads) == 1:
+        threads, = ceilings_by_threads
+        ceiling_lines = [f"- ceilings: {ceilings_text(ceilings_by_threads[threads], info['device'])}"]
+    else:
+        ceiling_lines = [f"- ceilings at {threads} thread{'s' if threads > 1 else ''}: "
+                         f"{ceilings_text(ceilings, info['device'])}"
+                         for threads, ceilings in sorted(ceilings_by_threads.items())]
+    thread_counts = ", ".join(map(str, sorted(ceilings_by_threads)))
     parts = [
         f"# cnnkit benchmark: {', '.join(settings['suites'])} on {info['device']}, {info['date']}",
         "",
-        f"- device: {info['device_name']}; {info['cpu_count']} CPUs, torch threads: {info['threads']}{tf32}",
-        f"- torch {info['torch']}, cnnkit {info['cnnkit']} {info['cnnkit_build']}",
+        f"- device: {info['device_name']}; {info['cpu_count']} CPUs, torch threads: {thread_counts}"
+        + (" (the threads column)" if len(ceilings_by_threads) > 1 else "") + tf32,
+        f"- torch {info['torch']}, cnnkit {info['cnnkit']} {info['cnnkit_build']}"
+        + (f", source {info['source']}" if info.get("source") else ""),
         f"- dtype {settings['dtype']}, {timing}; times are medians",
-        f"- ceilings: matmul {ceilings['matmul_size']}^2 {ceilings['matmul_dtype']} "
-        f"{ceilings['matmul_gflops']:.1f} GFLOP/s (conv % ceil); "
-        f"copy 256 MiB {'device to device ' if info['device'] == 'cuda' else ''}"
-        f"{ceilings['copy_gbs']:.1f} GB/s read+write (pooling % ceil)",
+        *ceiling_lines,
         "- ratio = cnnkit time / baseline time: below 1 is cnnkit faster",
         *notes,
         other_load_note(info["other_load"]),
@@ -928,11 +1123,11 @@ def plot_ratios(rows, info, settings, path: Path) -> None:
     from matplotlib import patches, ticker
 
     measured = [row for row in rows if row["status"] == "ok"]
-    colors = {"fwd": "tab:blue", "fwdbwd": "tab:orange"}
-    several_suites = len({row["suite"] for row in measured}) > 1
-    several_batches = len({row["batch"] for row in measured}) > 1
+    colors = {"fwd": "tab:blue", "fwdbwd": "tab:orange", "per_sample": "tab:green"}
+    several_suites = several(measured, "suite")
     labels = [(f"{row['suite']} | " if several_suites else "") +
-              f"{row['op']} | {layer_label(row, several_batches)} | {MODES[row['mode']]}" for row in measured]
+              f"{row['op']} | {layer_label(row, several(measured, 'batch'), several(measured, 'threads'))}"
+              f" | {MODES[row['mode']]}" for row in measured]
     ratios = [row["ratio"] for row in measured]
     figure, axes = plt.subplots(figsize=(11, 1.6 + 0.24 * len(measured)))
     positions = range(len(measured))
@@ -957,10 +1152,11 @@ def plot_ratios(rows, info, settings, path: Path) -> None:
     missing = f"; {not_measured} rows wrong or failing, not shown" if not_measured else ""
     if info.get("other_load") is not None and info["other_load"] > BUSY_LOAD:
         missing += f"; machine shared: other processes took {info['other_load']:.0%} of the CPUs"
+    threads = "/".join(map(str, sorted({row["threads"] for row in measured})))
     axes.set_title(f"cnnkit vs {baselines}: {', '.join(settings['suites'])} on {info['device_name']}\n"
-                   f"{settings['dtype']}, {info['threads']} threads, {info['date']}{missing}", fontsize=9)
+                   f"{settings['dtype']}, {threads} threads, {info['date']}{missing}", fontsize=9)
     axes.legend(handles=[patches.Patch(color=color, label=MODES[mode])
-                         for mode, color in colors.items()],
+                         for mode, color in colors.items() if any(row["mode"] == mode for row in measured)],
                 loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=7)
     axes.grid(axis="x", which="both", alpha=0.3)
     figure.tight_layout()
@@ -1016,7 +1212,13 @@ def parse_args(argv=None):
                             name for name, suite in SUITES.items() if suite.in_all) + " (default: quick)")
     parser.add_argument("--ops", nargs="+", help=f"only these ops: {', '.join(OPS)}")
     parser.add_argument("--batch", type=int, help="batch size for every suite (default: the suite's batches)")
-    parser.add_argument("--modes", nargs="+", default=["fwd,fwdbwd"], help="fwd and/or fwdbwd")
+    parser.add_argument("--modes", nargs="+", default=[",".join(MODES)],
+                        help="fwd, fwdbwd and/or per_sample; each op runs those of its modes that are "
+                             "named (default: all: fwd and fwdbwd for the layer ops, per_sample for the "
+                             "networks of the per_sample suite)")
+    parser.add_argument("--threads", nargs="+",
+                        help="intra-op thread counts every row runs at (default: the suite's; torch's "
+                             "default for suites that name none)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--min-run-time", type=float,
@@ -1054,6 +1256,14 @@ def parse_args(argv=None):
         parser.error(f"--dtype {options.dtype}: cnnkit runs float16 and bfloat16 on CUDA only")
     if options.batch is not None and options.batch < 1:
         parser.error("--batch must be positive")
+    if options.threads is not None:
+        try:
+            options.threads = [int(count) for count in split_list(options.threads)]
+        except ValueError:
+            options.threads = [0]
+        if min(options.threads) < 1:
+            parser.error("--threads takes positive integers")
+    options.thread_counts = options.threads  # None: each suite's
     if (options.min_run_time is not None and options.min_run_time <= 0) or (
             options.rounds is not None and options.rounds < 1):
         parser.error("--min-run-time must be positive and --rounds at least 1")
@@ -1070,9 +1280,10 @@ def suite_timing(suite, options) -> Timing:
 
 def list_suites():
     for suite in SUITES.values():
-        print(f"{suite.name}: {suite.description} ({suite.batches_label()}, {len(suite.layers)} layers)")
+        print(f"{suite.name}: {suite.description} ({suite.batches_label()}, {len(suite.layers)} "
+              f"{'networks' if isinstance(suite.layers[0], PerSampleNet) else 'layers'})")
         for layer in suite.layers:
-            print(f"    {layer.op:<20} {layer.name:<36} {layer.shape(suite.batches[0])}")
+            print(f"    {layer.op:<21} {layer.name:<36} {layer.shape(suite.batches[0])}")
 
 
 def main(argv=None) -> int:
@@ -1089,36 +1300,41 @@ def main(argv=None) -> int:
 
     suites = [SUITES[name] for name in options.suite]
     timings = {suite.name: suite_timing(suite, options) for suite in suites}
-    work_items = [(suite, layer, batch, mode)
+    work_items = [(suite, layer, batch, threads, mode)
                   for suite in suites
                   for layer in suite.layers if layer.op in options.ops
                   for batch in ([options.batch] if options.batch else suite.batches)
-                  for mode in options.modes]
+                  for threads in options.thread_counts or suite.threads or [options.threads]
+                  for mode in options.modes if mode in OPS[layer.op].modes]
     if not work_items:
-        print("nothing to run: no layer of the chosen suites uses the chosen ops", file=sys.stderr)
+        print("nothing to run: no layer of the chosen suites uses the chosen ops in the chosen modes",
+              file=sys.stderr)
         return 1
+    thread_counts = sorted({threads for _, _, _, threads, _ in work_items})
 
     info = machine_info(device)
     settings = {"suites": options.suite, "ops": options.ops, "modes": options.modes,
                 "batch": options.batch, "device": device.type, "dtype": options.dtype,
                 "min_run_time": options.min_run_time, "rounds": options.rounds,
                 "timing": {name: dataclasses.asdict(timing) for name, timing in timings.items()},
-                "threads": options.threads, "tolerance": TOLERANCE[dtype],
+                "threads": options.threads, "thread_counts": thread_counts, "tolerance": TOLERANCE[dtype],
                 "cuda_graph": options.cuda_graph}
-    print(f"cnnkit benchmark on {info['device_name']}, torch threads: {options.threads}; "
+    print(f"cnnkit benchmark on {info['device_name']}, torch threads: "
+          f"{', '.join(map(str, thread_counts))}; "
           f"{len(work_items)} rows", flush=True)
-    if any(OPS[layer.op].measure_memory for _, layer, _, _ in work_items):
+    if any(OPS[layer.op].measure_memory for _, layer, *_ in work_items):
         check_memory_meter(device)
     print("measuring the machine's ceilings (matmul, copy) ...", flush=True)
-    ceilings = measure_ceilings(device, dtype, options.threads)
+    ceilings = {threads: measure_ceilings(device, dtype, threads) for threads in thread_counts}
 
     rows = []
     progress = (tqdm(work_items, unit="row", dynamic_ncols=True) if tqdm and sys.stderr.isatty()
                 else PlainProgress(work_items))
-    for suite, layer, batch, mode in progress:
-        progress.set_postfix_str(f"{suite.name} {layer.op} {layer.name} N={batch} {MODES[mode]}")
+    for suite, layer, batch, threads, mode in progress:
+        progress.set_postfix_str(f"{suite.name} {layer.op} {layer.name} N={batch} "
+                                 f"{f'{threads}T ' if len(thread_counts) > 1 else ''}{MODES[mode]}")
         rows.append(bench_row(suite, layer, batch, mode, device, dtype, timings[suite.name],
-                              options.threads, ceilings, options.cuda_graph))
+                              threads, ceilings[threads], options.cuda_graph))
     progress.close()
 
     info["other_load"] = run_load.fraction()
@@ -1137,7 +1353,10 @@ def main(argv=None) -> int:
     json_path, md_path, png_path = (options.out / f"{stem}.{suffix}" for suffix in ("json", "md", "png"))
     md_path.write_text(text + f"\nruntime: {runtime:.0f} s\n")
     with open(json_path, "w") as out:
-        json.dump({"machine": info, "settings": settings, "ceilings": ceilings, "rows": rows,
+        # "ceilings": those at the most threads (a run of one thread count: its ceilings)
+        json.dump({"machine": info, "settings": settings, "ceilings": ceilings[thread_counts[-1]],
+                   "ceilings_by_threads": {str(threads): value for threads, value in ceilings.items()},
+                   "rows": rows,
                    "summary": summary, "targets": targets, "runtime_s": runtime}, out, indent=1)
     written = [json_path, md_path]
     if not options.no_plot and any(row["status"] == "ok" for row in rows):

@@ -6,11 +6,16 @@ layer runs at each of the suite's batches, or at ``run.py --batch``. Identical
 shapes inside a network are listed once unless the network's layer list is the
 point (VGG-16's 13 convolutions), and the comment says which layers share a shape.
 
+A suite may also list thread counts (every row runs at each, in the same
+run); without them its rows run at torch's default. A "layer" may be a whole
+network (``PerSampleNet``: the per-sample gradients of a small CNN).
+
 To add a suite: add a layer class here if the op needs other fields, a
 ``Suite`` to SUITES, and the op's entry to run.py's OPS registry.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 
@@ -127,6 +132,16 @@ class Pool2d:
         return (f"{batch}x{self.C}x{self.H}x{self.W} {self.kernel}x{self.kernel}"
                 f" s{stride} p{self.padding}{ceil}")
 
+    def output_size(self) -> tuple[int, int]:
+        stride = self.kernel if self.stride is None else self.stride
+
+        def size(n):
+            span = n + 2 * self.padding - self.kernel
+            out = (span + (stride - 1 if self.ceil_mode else 0)) // stride + 1
+            # ceil_mode: a window may not start in the right/bottom padding
+            return out - 1 if self.ceil_mode and (out - 1) * stride >= n + self.padding else out
+        return size(self.H), size(self.W)
+
 
 @dataclass(frozen=True)
 class AdaptivePool2d:
@@ -160,6 +175,58 @@ def AdaptiveMaxPool(name, C, H, W, output):
 
 
 @dataclass(frozen=True)
+class PerSampleNet:
+    """A small CNN whose per-sample gradients are timed: ``torch.func.vmap(grad)``
+    of each sample's cross-entropy with respect to every parameter.
+
+    layers: Conv2d and LocalConv2d (each followed by a ReLU) and max pools
+    (Pool2d), in order, each with the input shape the one before it gives; then
+    a Linear from the flattened features to ``classes``. run.py builds it from
+    cnnkit.nn layers (Conv2d, LocallyConnected2d, MaxPool2d) and, for the
+    ops that compare with PyTorch, once more from their torch.nn twins.
+    """
+
+    name: str
+    layers: tuple
+    classes: int = 10
+    op: str = "per_sample_grad"
+
+    def __post_init__(self):
+        shape = self.input_shape()
+        for layer in self.layers:
+            if not isinstance(layer, (Conv2d, Pool2d)) or isinstance(layer, TiledConv2d) or (
+                    isinstance(layer, Pool2d) and layer.op != "max_pool2d"):
+                raise TypeError(f"{self.name}: {type(layer).__name__} {layer.name!r} is not a "
+                                "Conv2d, LocalConv2d or max pool")
+            if (layer.C, layer.H, layer.W) != shape:
+                raise ValueError(f"{self.name}: {layer.name!r} takes {layer.C}x{layer.H}x{layer.W}, "
+                                 f"but the layer before it gives {'x'.join(map(str, shape))}")
+            shape = (layer.K if isinstance(layer, Conv2d) else layer.C, *layer.output_size())
+
+    def input_shape(self) -> tuple[int, int, int]:
+        first = self.layers[0]
+        return first.C, first.H, first.W
+
+    def features(self) -> int:
+        """Inputs of the final Linear: the last layer's output, flattened."""
+        last = self.layers[-1]
+        return (last.K if isinstance(last, Conv2d) else last.C) * math.prod(last.output_size())
+
+    def shape(self, batch: int) -> str:
+        parts = []
+        for layer in self.layers:
+            if isinstance(layer, Pool2d):
+                parts.append(f"maxpool {layer.kernel}")
+            else:
+                kind = "local" if isinstance(layer, LocalConv2d) else "conv"
+                stride = f"/s{layer.stride}" if layer.stride != 1 else ""
+                parts.append(f"{kind} {layer.C}->{layer.K} {layer.kernel}x{layer.kernel}{stride}"
+                             f" p{layer.padding}")
+        return (f"{batch}x{'x'.join(map(str, self.input_shape()))}: {', '.join(parts)}, "
+                f"linear {self.features()}->{self.classes}")
+
+
+@dataclass(frozen=True)
 class Timing:
     """How run.py times each op of a row (its --min-run-time / --rounds override).
 
@@ -178,7 +245,9 @@ class Timing:
 
 @dataclass(frozen=True)
 class Suite:
-    """in_all: part of ``--suite all`` (the default selection for a full CPU run)."""
+    """in_all: part of ``--suite all`` (the default selection for a full CPU run).
+    threads: the intra-op thread counts every row runs at, in the same run
+    (None: torch's default; run.py's --threads replaces them)."""
 
     name: str
     description: str
@@ -186,9 +255,13 @@ class Suite:
     layers: tuple
     timing: Timing = Timing()
     in_all: bool = True
+    threads: tuple[int, ...] | None = None
 
     def batches_label(self) -> str:
-        return ("batch " if len(self.batches) == 1 else "batches ") + ", ".join(map(str, self.batches))
+        label = ("batch " if len(self.batches) == 1 else "batches ") + ", ".join(map(str, self.batches))
+        if self.threads:
+            label += f", {' and '.join(map(str, self.threads))} thread{'s' if self.threads != (1,) else ''}"
+        return label
 
 
 # --------------------------------------------------------------------------- ResNet-50
@@ -311,6 +384,28 @@ DEEPFACE_LOCAL = (
 TILED = (tiled_3x3("resnet50", RESNET50_CONVS, tiles=(2, 4))
          + tiled_3x3("vgg16", VGG16_CONVS, tiles=(2, 4)))
 
+# --------------------------------------------------------------------------- per-sample gradients
+# A small MNIST-sized CNN (1x28x28), once as it is (its torch.nn twin is the
+# baseline) and once with its second convolution locally connected (no torch.nn
+# twin: the baseline is a loop over the samples). Bias everywhere, as torch.nn's
+# layers have by default.
+
+MNIST_CNN = PerSampleNet("mnist cnn", layers=(
+    Conv2d("conv1", C=1, H=28, W=28, K=16, kernel=3, padding=1, bias=True),
+    MaxPool("pool1", C=16, H=28, W=28, kernel=2),  # 28 -> 14
+    Conv2d("conv2", C=16, H=14, W=14, K=32, kernel=3, padding=1, bias=True),
+    MaxPool("pool2", C=32, H=14, W=14, kernel=2),  # 14 -> 7
+))
+
+MNIST_LOCAL_CNN = PerSampleNet("mnist cnn, conv2 local", op="per_sample_grad_local", layers=(
+    Conv2d("conv1", C=1, H=28, W=28, K=16, kernel=3, padding=1, bias=True),
+    MaxPool("pool1", C=16, H=28, W=28, kernel=2),
+    # 32x14x14 kernels of 16x3x3 and 32x14x14 biases: 909,440 parameters, 3.5 MiB
+    # per sample's gradient in float32 (the whole network: 925,290)
+    LocalConv2d("conv2 local", C=16, H=14, W=14, K=32, kernel=3, padding=1, bias=True),
+    MaxPool("pool2", C=32, H=14, W=14, kernel=2),
+))
+
 # --------------------------------------------------------------------------- GPU pools
 # Every pool of ResNet-50 and VGG-16, and the quick suite's extra pools (a 2x2
 # and an overlapping 3x3 average pool, a global max pool), so that each pooling
@@ -340,6 +435,12 @@ SUITES = {
         Suite("tiled", "tiled_conv2d on ResNet-50's and VGG-16's unique 3x3 convs, "
               "2x2 and 4x4 tiles", batches=(4,), layers=TILED,
               timing=Timing(min_run_time=1.0, rounds=3, per_call=True)),
+        # Per-sample gradients at 1 and 2 threads in one run; a call takes
+        # tens of milliseconds, blocked_autorange's blocks.
+        Suite("per_sample", "per-sample gradients (vmap(grad) of cross-entropy) of an MNIST-sized "
+              "CNN vs its torch.nn twin, and of the CNN with a locally connected conv2 vs a loop "
+              "over samples", batches=(64,), layers=(MNIST_CNN, MNIST_LOCAL_CNN),
+              timing=Timing(min_run_time=2.0, rounds=4), threads=(1, 2)),
         # The CUDA issue's configurations (run with --device cuda; they run on
         # the CPU too, slowly, and are not part of --suite all): ResNet-50 at
         # batch 32, the batch GPU convolution libraries are usually compared
@@ -396,6 +497,9 @@ TARGETS = (
     # issue 3: "at least 1.5x faster than one conv per tile phase, and within 2x
     # of cnnkit's own conv2d on the same shape"
     Target("tiled", "cpu", "tiled_conv2d", "fwdbwd", min_speedup=1.5, max_reference_ratio=2.0),
+    # per-sample gradients of the MNIST-sized CNN: cnnkit's layers at most 1.5x
+    # the time of their torch.nn twins, at every thread count
+    Target("per_sample", "cpu", "per_sample_grad", "per_sample", max_ratio=1.5),
     # CUDA issue: conv2d on ResNet-50 at batch 32 against cuDNN (TF32 off), the
     # geometric mean over its layers: float32 within 2x forward and 2.5x
     # forward + backward; float16 and bfloat16 within 2.5x of cuDNN in the
