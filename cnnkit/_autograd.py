@@ -223,7 +223,9 @@ def _out_of_batch(t, batch_size):
 
 
 def _unbatched_except(dims, name):
-    return all(d is None for n, d in zip(dims._fields, dims) if n != name)
+    """Whether no tensor but `name` is vmapped. (The in_dims of a list argument
+    -- stride, padding -- is a list of Nones.)"""
+    return not any(isinstance(d, int) for n, d in zip(dims._fields, dims) if n != name)
 
 
 # --------------------------------------------------------------------------- convolution

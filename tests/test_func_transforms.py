@@ -455,3 +455,34 @@ def test_empty_batch_tangents_and_batching():
         y, dy = jvp(f, (x,), (x,))
         assert dy.shape == y.shape and y.shape[0] == 0
         assert vmap(f)(x.unsqueeze(0).expand(3, *x.shape)).shape == (3, *y.shape)
+
+
+class _RecordCalls(torch.utils._python_dispatch.TorchDispatchMode):
+    """The cnnkit ops that reach the kernels, with their arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "cnnkit":
+            self.calls.append((func.__name__.split(".")[0], args))
+        return func(*args, **(kwargs or {}))
+
+
+def test_vmapped_input_folds_into_batch_vmapped_weight_into_groups():
+    x = torch.randn(5, 2, 2, 6, 6, dtype=F64)
+    w = torch.randn(5, 3, 2, 3, 3, dtype=F64)
+    with _RecordCalls() as record:
+        vmap(lambda x: CF.conv2d(x, w[0]))(x)
+    [(name, args)] = record.calls
+    assert name == "conv2d" and args[0].shape == (10, 2, 6, 6) and args[-1] == 1
+    with _RecordCalls() as record:
+        vmap(lambda w: CF.conv2d(x[0], w))(w)
+    [(name, args)] = record.calls
+    assert args[0].shape == (2, 10, 6, 6) and args[1].shape == (15, 2, 3, 3) and args[-1] == 5
+    # Per-sample gradients: one call of each gradient op for the whole batch.
+    with _RecordCalls() as record:
+        vmap(grad(lambda w, x: CF.conv2d(x.unsqueeze(0), w).pow(2).sum()), in_dims=(None, 0))(
+            w[0], x[:, 0])
+    assert sorted(name for name, _ in record.calls) == ["conv2d", "conv2d_weight_backward"]
