@@ -11,7 +11,6 @@ import torch
 from . import _C  # noqa: F401  (loads the kernels and registers torch.ops.cnnkit.*)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile)
 from . import _autograd  # noqa: F401  (gradients of every order, forward mode, batching rules)
-from ._autograd import ops  # noqa: E402  (every op, under every autograd mode and torch.func)
 from . import functional, nn  # noqa: E402
 from . import _autocast  # noqa: F401,E402  (torch.autocast rules for every forward op)
 from . import filters  # noqa: E402
@@ -31,4 +30,4 @@ def build_info() -> dict:
     }
 
 
-__all__ = ["ops", "functional", "nn", "filters", "convert", "ConversionWarning", "build_info"]
+__all__ = ["functional", "nn", "filters", "convert", "ConversionWarning", "build_info"]

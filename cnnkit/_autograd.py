@@ -1,21 +1,22 @@
 """Differentiation and batching of every cnnkit op, in every autograd mode.
 
-Each op ``torch.ops.cnnkit.<name>`` gets one ``torch.autograd.Function`` with
-four rules, all written with cnnkit ops (which have these rules in turn, so
-the rules compose to any order):
+Each op ``torch.ops.cnnkit.<name>`` has three rules, all written with cnnkit
+ops (which have these rules in turn, so the rules compose to any order):
 
 * ``backward`` -- reverse mode: ``Tensor.backward``, ``torch.autograd.grad``,
-  ``torch.func.grad`` / ``jacrev``;
+  ``torch.func.grad`` / ``jacrev`` / ``vjp``;
 * ``jvp`` -- forward mode: ``torch.autograd.forward_ad``, ``torch.func.jvp`` /
-  ``jacfwd`` / ``hessian``;
+  ``jacfwd``, and with backward, ``hessian``;
 * ``vmap`` -- the batching rule: ``torch.func.vmap`` runs one batched call of
   the op instead of a loop over samples.
 
-The Function is the op's Autograd kernel (what ``torch.library.register_autograd``
-installs, but with ``setup_context``, ``jvp`` and ``vmap`` too, which functorch's
-transforms need), and the batching rule is also the op's FuncTorchBatched
-kernel, so the ops work the same called directly or through
-:mod:`cnnkit.functional`, eagerly or under ``torch.compile``.
+backward and jvp belong to a single-level ``autograd.Function`` applied by the
+op's Autograd kernel, whose forward redispatches below autograd, as an op's
+C++ autograd kernel would: functorch reaches it once per transform level,
+through the dispatcher, so no wrapper is generated per call and the ops work
+the same called directly, through :mod:`cnnkit.functional`, or traced by
+``torch.compile`` / ``torch.export``. The batching rule is the op's
+FuncTorchBatched kernel.
 
 Convolution -- dense, local or tiled alike -- is bilinear in (input, weight),
 and its three views close under differentiation:
@@ -37,26 +38,34 @@ groups -- with the input's batched copies side by side in the channels.
 from __future__ import annotations
 
 import collections
-import types
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import _C
-from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
+from torch._functorch.utils import enable_single_level_autograd_function
+from torch._guards import TracingContext
 
 from ._kinds import DENSE, KINDS
 
 _library = torch.library.Library("cnnkit", "IMPL")
-
-# The cnnkit ops as Python calls, published as cnnkit.ops: ops.conv2d(...) is
-# torch.ops.cnnkit.conv2d(...), except under functorch's transforms, which must
-# meet the op's autograd.Function before the dispatcher (as torch.func requires
-# of every autograd.Function). cnnkit.functional and every rule below call these.
-ops = types.SimpleNamespace()
+_ops = torch.ops.cnnkit
 
 
-def _forward_ad_active():
-    return fwAD._current_level >= 0 and _C._is_fwd_grad_enabled()
+def _has_tangents(args):
+    """Whether forward AD may see these arguments: a dual level is open (eager
+    forward AD and torch.func.jvp keep fwAD's level; a compiled graph opens
+    its level below Python, so while compiling the tensors are asked)."""
+    if not _C._is_fwd_grad_enabled():
+        return False
+    if fwAD._current_level >= 0:
+        return True
+    return TracingContext.try_get() is not None and any(
+        isinstance(a, torch.Tensor) and torch._VF._unpack_dual(a, 0)[1] is not None
+        for a in args)
+
+
+def _op(name):
+    return getattr(_ops, name).default
 
 
 def _sum(terms):
@@ -79,12 +88,23 @@ def _register(name, *, backward, jvp, vmap):
         vmap(batch_size, in_dims, args) -> (output(s), out_dims)
 
     saved_outputs are the op's integer outputs (the indices of a max pool)."""
-    op = getattr(torch.ops.cnnkit, name).default
+    op = _op(name)
     arguments = op._schema.arguments
     Args = collections.namedtuple(f"{name}_arguments", [a.name for a in arguments])
     tensor_positions = [i for i, a in enumerate(arguments) if str(a.type) in ("Tensor", "Tensor?")]
 
+    # The Function's first argument is the dispatch keyset its forward
+    # redispatches with (below autograd: the backend kernel, or the next
+    # functorch level); it has no gradient and no tangent.
+    def forward(keyset, *args):
+        # apply() turns grad and forward grad off for the forward; functorch's
+        # lower levels (a jvp under this grad, a grad under this one) need them on.
+        with torch.enable_grad(), fwAD._set_fwd_grad_enabled(True), \
+                _C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & _C._after_autograd_keyset, *args)
+
     def setup_context(ctx, inputs, output):
+        inputs = inputs[1:]
         outputs = output if isinstance(output, tuple) else (output,)
         integer_outputs = [o for o in outputs if not o.is_floating_point()]
         ctx.mark_non_differentiable(*integer_outputs)
@@ -103,10 +123,10 @@ def _register(name, *, backward, jvp, vmap):
 
     def backward_rule(ctx, *grads):
         args, outputs = saved(ctx)
-        grads_by_name = backward(Args(*ctx.needs_input_grad), args, outputs, *grads)
-        return tuple(grads_by_name.get(n) for n in Args._fields)
+        grads_by_name = backward(Args(*ctx.needs_input_grad[1:]), args, outputs, *grads)
+        return (None, *(grads_by_name.get(n) for n in Args._fields))
 
-    def jvp_rule(ctx, *tangents):
+    def jvp_rule(ctx, _keyset_tangent, *tangents):
         args, outputs = saved(ctx)
         result = jvp(args, Args(*tangents), outputs, ctx.output_shapes)
         if len(ctx.output_shapes) == 1:
@@ -114,42 +134,30 @@ def _register(name, *, backward, jvp, vmap):
         first, *rest = result  # the integer outputs have no tangent
         return (_zero_if_none(first, args, ctx.output_shapes[0]), *rest)
 
-    def vmap_rule(info, in_dims, *args):
-        return vmap(info.batch_size, Args(*in_dims), Args(*args))
-
-    function = type(f"{name}_function", (torch.autograd.Function,), {
-        "forward": staticmethod(lambda *args: op(*args)),
+    function = type(f"{name}_function", (torch.autograd.function._SingleLevelFunction,), {
+        "forward": staticmethod(forward),
         "setup_context": staticmethod(setup_context),
         "backward": staticmethod(backward_rule),
         "jvp": staticmethod(jvp_rule),
-        "vmap": staticmethod(vmap_rule),
     })
 
     def autograd_kernel(keyset, *args):
-        # Inside the Function's forward, grad and forward grad are off and the
-        # op falls through to its backend kernel.
-        if (_C.is_grad_enabled() and _C._any_requires_grad(*args)) or _forward_ad_active():
+        if (_C.is_grad_enabled() and _C._any_requires_grad(*args)) or _has_tangents(args):
             if _C._are_functorch_transforms_active():
-                transform = retrieve_current_functorch_interpreter().key().name.lower()
-                raise RuntimeError(
-                    f"cnnkit.{name}: torch.func.{transform} cannot differentiate "
-                    f"torch.ops.cnnkit.{name} called directly (functorch meets an op's "
-                    f"autograd only before the dispatcher); call cnnkit.ops.{name}, "
-                    f"cnnkit.functional or a cnnkit.nn layer instead")
-            return function.apply(*args)
+                # Reached through the dispatcher, at one functorch level at a
+                # time: the Function records this level's graph (or tangent),
+                # as an op's C++ autograd kernel would.
+                with enable_single_level_autograd_function():
+                    return function.apply(keyset, *args)
+            return function.apply(keyset, *args)
         with _C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & _C._after_autograd_keyset, *args)
 
-    def call(*args):
-        if not torch.compiler.is_compiling() and _C._are_functorch_transforms_active():
-            return function.apply(*args)
-        return op(*args)
-
-    call.__name__ = call.__qualname__ = name
-    setattr(ops, name, call)
-
     _library.impl(name, autograd_kernel, "Autograd", with_keyset=True)
-    torch.library.register_vmap(f"cnnkit::{name}", vmap_rule, lib=_library)
+    torch.library.register_vmap(
+        f"cnnkit::{name}",
+        lambda info, in_dims, *args: vmap(info.batch_size, Args(*in_dims), Args(*args)),
+        lib=_library)
 
 
 def _zero_if_none(tangent, args, shape):
@@ -159,21 +167,16 @@ def _zero_if_none(tangent, args, shape):
     return primal.new_zeros(shape)
 
 
-def _late(name):
-    """ops.<name>, looked up when called (the rules of one op call ops registered after it)."""
-    return lambda *args: getattr(ops, name)(*args)
-
-
 def bias_gradient(grad_output, bias_shape):
     """The gradient of a bias of `bias_shape` added to an output whose gradient
     is grad_output (N, K, P, Q): summed over the positions each entry serves.
     (K,) -- over samples and locations; (K, P, Q) (local, or untied) -- over
     samples; (K, tH, tW) -- over samples and the locations of each tile."""
     if len(bias_shape) == 1:
-        return ops.conv2d_bias_backward(grad_output)
+        return _ops.conv2d_bias_backward(grad_output)
     if list(bias_shape[1:]) == list(grad_output.shape[2:]):
-        return ops.local_conv2d_bias_backward(grad_output)
-    return ops.tiled_conv2d_bias_backward(grad_output, list(bias_shape[1:]))
+        return _ops.local_conv2d_bias_backward(grad_output)
+    return _ops.tiled_conv2d_bias_backward(grad_output, list(bias_shape[1:]))
 
 
 def spread_bias(bias, output_shape):
@@ -236,9 +239,9 @@ def _geometry(a):
 
 
 def _register_conv_kind(kind):
-    forward, input_backward = _late(kind.name), _late(f"{kind.name}_input_backward")
-    weight_backward_op = _late(f"{kind.name}_weight_backward")
-    bias_backward_op = _late(f"{kind.name}_bias_backward")
+    forward, input_backward = _op(kind.name), _op(f"{kind.name}_input_backward")
+    weight_backward_op = _op(f"{kind.name}_weight_backward")
+    bias_backward_op = _op(f"{kind.name}_bias_backward")
     tiled = kind.tile_dims is not None
 
     def weight_backward(grad, x, like_weight, geometry):
@@ -390,13 +393,13 @@ def _conv_transpose2d_backward(needs, a, _, grad):
     H, W = x.shape[2:]
     grads = {}
     if needs.input or needs.weight:
-        full = ops.conv2d(grad, w, None, *geometry)
+        full = _ops.conv2d(grad, w, None, *geometry)
         P, Q = full.shape[2:]
         if needs.input:
             grads["input"] = full[:, :, :H, :W] if (P, Q) != (H, W) else full
         if needs.weight:
             x_ext = torch.nn.functional.pad(x, (0, Q - W, 0, P - H)) if (P, Q) != (H, W) else x
-            grads["weight"] = ops.conv2d_weight_backward(x_ext, grad, DENSE.kernel_size(w),
+            grads["weight"] = _ops.conv2d_weight_backward(x_ext, grad, DENSE.kernel_size(w),
                                                           *geometry)
     if needs.bias:
         grads["bias"] = bias_gradient(grad, a.bias.shape)
@@ -408,10 +411,10 @@ def _conv_transpose2d_jvp(a, t, _, output_shapes):
     bias_term = t.bias
     terms = []
     if t.input is not None:
-        terms.append(ops.conv_transpose2d(t.input, a.weight, bias_term, *geometry))
+        terms.append(_ops.conv_transpose2d(t.input, a.weight, bias_term, *geometry))
         bias_term = None
     if t.weight is not None:
-        terms.append(ops.conv_transpose2d(a.input, t.weight, bias_term, *geometry))
+        terms.append(_ops.conv_transpose2d(a.input, t.weight, bias_term, *geometry))
         bias_term = None
     if bias_term is not None:
         terms.append(spread_bias(bias_term, output_shapes[0]))
@@ -422,13 +425,13 @@ def _conv_transpose2d_vmap(B, dims, a):
     stride, padding, output_padding, groups, dilation = _transpose_geometry(a)
     if _unbatched_except(dims, "input"):
         x = a.input.movedim(dims.input, 0)
-        out = ops.conv_transpose2d(_into_batch(x), a.weight, a.bias, stride, padding,
+        out = _ops.conv_transpose2d(_into_batch(x), a.weight, a.bias, stride, padding,
                                     output_padding, groups, dilation)
         return _out_of_batch(out, B), 0
     x = _into_channels(_batched(a.input, dims.input, B))
     w = _into_batch(_batched(a.weight, dims.weight, B))  # (B*C_in, C_out/g, kH, kW)
     b = None if a.bias is None else _into_batch(_batched(a.bias, dims.bias, B))
-    out = ops.conv_transpose2d(x, w, b, stride, padding, output_padding, groups * B, dilation)
+    out = _ops.conv_transpose2d(x, w, b, stride, padding, output_padding, groups * B, dilation)
     return _out_of_channels(out, B), 1
 
 
@@ -455,7 +458,7 @@ _register("conv_transpose2d", backward=_conv_transpose2d_backward, jvp=_conv_tra
 
 
 def _pool_vmap(name):
-    op = _late(name)
+    op = _op(name)
 
     def vmap(B, dims, a):
         tensors = {n: _into_batch(_batched(getattr(a, n), d, B))
@@ -476,7 +479,7 @@ def _gather_planes(t, indices):
 
 def _max_pool_backward(needs, a, saved, grad, _grad_indices):
     (indices,) = saved
-    return {"input": ops.max_pool2d_backward(grad, a.input, indices) if needs.input else None}
+    return {"input": _ops.max_pool2d_backward(grad, a.input, indices) if needs.input else None}
 
 
 def _max_pool_jvp(a, t, saved, _):
@@ -493,7 +496,7 @@ _register(
     backward=lambda needs, a, _, gg: {
         "grad_output": _gather_planes(gg, a.indices) if needs.grad_output else None},
     jvp=lambda a, t, _, __: None if t.grad_output is None else
-    ops.max_pool2d_backward(t.grad_output, a.input, a.indices),
+    _ops.max_pool2d_backward(t.grad_output, a.input, a.indices),
     vmap=_pool_vmap("max_pool2d_backward"))
 
 
@@ -505,36 +508,36 @@ def _avg_geometry(a):
 _register(
     "avg_pool2d",
     backward=lambda needs, a, _, grad: {
-        "input": ops.avg_pool2d_backward(grad, a.input, *_avg_geometry(a))
+        "input": _ops.avg_pool2d_backward(grad, a.input, *_avg_geometry(a))
         if needs.input else None},
-    jvp=lambda a, t, _, __: ops.avg_pool2d(t.input, *_avg_geometry(a)),
+    jvp=lambda a, t, _, __: _ops.avg_pool2d(t.input, *_avg_geometry(a)),
     vmap=_pool_vmap("avg_pool2d"))
 _register(
     "avg_pool2d_backward",
     backward=lambda needs, a, _, gg: {
-        "grad_output": ops.avg_pool2d(gg, *_avg_geometry(a)) if needs.grad_output else None},
+        "grad_output": _ops.avg_pool2d(gg, *_avg_geometry(a)) if needs.grad_output else None},
     jvp=lambda a, t, _, __: None if t.grad_output is None else
-    ops.avg_pool2d_backward(t.grad_output, a.input, *_avg_geometry(a)),
+    _ops.avg_pool2d_backward(t.grad_output, a.input, *_avg_geometry(a)),
     vmap=_pool_vmap("avg_pool2d_backward"))
 _register(
     "adaptive_avg_pool2d",
     backward=lambda needs, a, _, grad: {
-        "input": ops.adaptive_avg_pool2d_backward(grad, a.input) if needs.input else None},
-    jvp=lambda a, t, _, __: ops.adaptive_avg_pool2d(t.input, a.output_size),
+        "input": _ops.adaptive_avg_pool2d_backward(grad, a.input) if needs.input else None},
+    jvp=lambda a, t, _, __: _ops.adaptive_avg_pool2d(t.input, a.output_size),
     vmap=_pool_vmap("adaptive_avg_pool2d"))
 _register(
     "adaptive_avg_pool2d_backward",
     backward=lambda needs, a, _, gg: {
-        "grad_output": ops.adaptive_avg_pool2d(gg, list(a.grad_output.shape[2:]))
+        "grad_output": _ops.adaptive_avg_pool2d(gg, list(a.grad_output.shape[2:]))
         if needs.grad_output else None},
     jvp=lambda a, t, _, __: None if t.grad_output is None else
-    ops.adaptive_avg_pool2d_backward(t.grad_output, a.input),
+    _ops.adaptive_avg_pool2d_backward(t.grad_output, a.input),
     vmap=_pool_vmap("adaptive_avg_pool2d_backward"))
 
 
 def _channel_max_pool_backward(needs, a, saved, grad, _grad_indices):
     (indices,) = saved
-    return {"input": ops.channel_max_pool_backward(grad, a.input, indices, a.pool_size)
+    return {"input": _ops.channel_max_pool_backward(grad, a.input, indices, a.pool_size)
             if needs.input else None}
 
 
@@ -549,5 +552,5 @@ _register(
     backward=lambda needs, a, _, gg: {
         "grad_output": gg.gather(1, a.indices) if needs.grad_output else None},
     jvp=lambda a, t, _, __: None if t.grad_output is None else
-    ops.channel_max_pool_backward(t.grad_output, a.input, a.indices, a.pool_size),
+    _ops.channel_max_pool_backward(t.grad_output, a.input, a.indices, a.pool_size),
     vmap=_pool_vmap("channel_max_pool_backward"))

@@ -1,19 +1,20 @@
 """cnnkit's functional API: the torch.nn.functional of cnnkit's kernels.
 
 Each function normalises its arguments (ints or pairs, 'valid' / 'same' /
-'full' padding, unbatched 3-D inputs) and calls the op `torch.ops.cnnkit.*`
-through cnnkit/_autograd.py, whose rules (reverse and forward mode, batching)
-call cnnkit ops again, so every order of derivative and every torch.func
-transform works. Argument checks themselves live in the
+'full' padding, unbatched 3-D inputs) and calls the dispatcher op
+`torch.ops.cnnkit.*`, whose rules (cnnkit/_autograd.py: reverse and forward
+mode, batching) call cnnkit ops again, so every order of derivative and every
+torch.func transform works. Argument checks themselves live in the
 C++ problem builders (csrc/problem.cpp) and their twins in cnnkit/_fake.py.
 """
 from __future__ import annotations
 
 import torch
 
-from ._autograd import ops as _ops
 from ._kinds import KINDS
 from ._utils import _pair, batchify, conv_padding
+
+_ops = torch.ops.cnnkit
 
 __all__ = [
     "conv2d",

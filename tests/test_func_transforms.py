@@ -50,8 +50,8 @@ def operands(fam, pb, device="cpu"):
 
 
 def view_call(fam, view, pb):
-    """The gradient view `view` as a function of its tensor operands, through cnnkit.ops."""
-    op = getattr(cnnkit.ops, fam.op_name(view))
+    """The gradient view `view` as a function of its tensor operands, through torch.ops.cnnkit."""
+    op = fam.op(view)
     return lambda g, other=None: op(*fam.view_args(view, pb, g, other))
 
 
@@ -175,18 +175,46 @@ def test_grad_and_hessian_vector_product(fam, pb, device):
         assert_close(got, want)
 
 
-def test_direct_op_under_func_transform_is_refused():
-    x, w = torch.randn(1, 2, 5, 5, dtype=F64), torch.randn(3, 2, 3, 3, dtype=F64)
+def test_dispatcher_op_under_every_transform():
+    # torch.ops.cnnkit.* called directly, not through cnnkit.functional: the
+    # rules live in the dispatcher, so every transform reaches them.
+    x, w = torch.randn(2, 2, 5, 5, dtype=F64), torch.randn(3, 2, 3, 3, dtype=F64)
 
-    def direct(x):
-        return torch.ops.cnnkit.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1).sum()
+    def ours(x, w):
+        return torch.ops.cnnkit.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1).tanh().sum()
 
-    with pytest.raises(RuntimeError, match=r"cnnkit.conv2d: torch.func.grad cannot "
-                                           r"differentiate torch.ops.cnnkit.conv2d"):
-        grad(direct)(x)
-    # cnnkit.ops.conv2d is the same op, reachable by torch.func.
-    via_ops = grad(lambda x: cnnkit.ops.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1).sum())(x)
-    assert_close(via_ops, grad(lambda x: F.conv2d(x, w).sum())(x))
+    def theirs(x, w):
+        return F.conv2d(x, w, padding=1).tanh().sum()
+
+    for transform, args in ((lambda f: grad(f, argnums=(0, 1)), (x, w)),
+                            (lambda f: jacfwd(f, argnums=(0, 1)), (x, w)),
+                            (lambda f: vmap(grad(f, argnums=1), in_dims=(0, None)),
+                             (x.unsqueeze(1), w))):
+        got, want = transform(ours)(*args), transform(theirs)(*args)
+        for got, want in zip(*((got, want) if isinstance(got, tuple) else ((got,), (want,)))):
+            assert_close(got, want)
+    assert_close(hessian(ours, argnums=1)(x, w), hessian(theirs, argnums=1)(x, w))
+
+
+@pytest.mark.slow
+def test_compiled_transforms():
+    # torch.compile(fullgraph=True) of torch.func transforms over cnnkit ops.
+    x, w = torch.randn(4, 2, 6, 6), torch.randn(3, 2, 3, 3)
+
+    def loss(f):
+        return lambda w, x: f(x.unsqueeze(0), w).tanh().sum()
+
+    per_sample = vmap(grad(loss(CF.conv2d)), in_dims=(None, 0))
+    expected = vmap(grad(loss(F.conv2d)), in_dims=(None, 0))(w, x)
+    torch._dynamo.reset()
+    assert_close(torch.compile(per_sample, fullgraph=True)(w, x), expected, torch.float32)
+
+    def tangent(f):
+        return lambda w, x: jvp(lambda w: f(x, w), (w,), (torch.ones_like(w),))[1]
+
+    torch._dynamo.reset()
+    assert_close(torch.compile(tangent(CF.conv2d), fullgraph=True)(w, x),
+                 tangent(F.conv2d)(w, x), torch.float32)
 
 
 # --------------------------------------------------------------------------- vmap
@@ -305,20 +333,20 @@ def test_pool_vmap(call, ref, shape, device):
 
 
 def test_pool_backward_ops_vmap_and_jvp(device):
-    # The pooling gradient ops through cnnkit.ops: batched over each operand,
+    # The pooling gradient ops: batched over each operand,
     # and their tangents (linear in grad_output; the input and the indices
     # enter through shape and position only).
     x = _distinct((2, 3, 5, 6), device)
-    out, idx = cnnkit.ops.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
-    cout, cidx = cnnkit.ops.channel_max_pool(x, 3)
+    out, idx = torch.ops.cnnkit.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    cout, cidx = torch.ops.cnnkit.channel_max_pool(x, 3)
     cases = [
-        (lambda g, x: cnnkit.ops.max_pool2d_backward(g, x, idx), (out, x)),
-        (lambda g, x: cnnkit.ops.avg_pool2d_backward(g, x, [3, 3], [2, 2], [1, 1], False, False,
+        (lambda g, x: torch.ops.cnnkit.max_pool2d_backward(g, x, idx), (out, x)),
+        (lambda g, x: torch.ops.cnnkit.avg_pool2d_backward(g, x, [3, 3], [2, 2], [1, 1], False, False,
                                                      None),
          (torch.randn(2, 3, 3, 3, dtype=F64), x)),
-        (lambda g, x: cnnkit.ops.adaptive_avg_pool2d_backward(g, x),
+        (lambda g, x: torch.ops.cnnkit.adaptive_avg_pool2d_backward(g, x),
          (torch.randn(2, 3, 4, 4, dtype=F64), x)),
-        (lambda g, x: cnnkit.ops.channel_max_pool_backward(g, x, cidx, 3), (cout, x)),
+        (lambda g, x: torch.ops.cnnkit.channel_max_pool_backward(g, x, cidx, 3), (cout, x)),
     ]
     for f, args in cases:
         check_vmap(f, args)
