@@ -161,6 +161,9 @@ class ConvFamily:
     # Tiled ops take the tiles after the kernel size (weight gradient) or
     # grad_output (bias gradient).
     tiled: bool = False
+    # Problems for the untied bias (C_out, OH, OW), one per output location,
+    # which the ops whose own bias is shared also take.
+    untied_bias: list = field(default_factory=list)
 
     def __str__(self):
         return self.name
@@ -199,6 +202,14 @@ class ConvFamily:
         """The reference on float64 copies of the inputs (no graph)."""
         f64 = [None if t is None else t.detach().to(F64) for t in (x, w, b)]
         return self.reference(*f64, **self.hyper(pb))
+
+    def untied_bias_shape(self, pb) -> tuple:
+        """(C_out, OH, OW)."""
+        return self.out_shape(pb)[1:]
+
+    def untied_reference(self, pb, x, w, b):
+        """The reference without bias, plus the untied bias at every sample."""
+        return self.reference_output(pb, x, w) + b.detach().to(F64)[None]
 
     def view_args(self, view, pb, g, other=None) -> tuple:
         """The arguments of the gradient view `view` for grad_output `g` and
@@ -256,6 +267,13 @@ CONV2D = ConvFamily(
                      "weight_backward": ref.conv2d_weight_backward_ref,
                      "bias_backward": ref.conv2d_bias_backward_ref},
     adjoint=_pick(_CONV, "anisotropic"),
+    # Odd sizes, 1x1 (no unfolding), stride 2 with and without a floor drop, one
+    # sample (the CPU engine's direct product), groups, a channel multiplier, an
+    # empty batch, a 1x1 output (where (C_out, 1, 1) and (C_out,) are both
+    # accepted), asymmetric padding, several blocks of samples, narrow products.
+    untied_bias=_pick(_CONV, "odd_sizes", "1x1", "stride2_pad1", "stride2_floor", "groups2",
+                      "groups3_stride2", "depthwise_mult2", "batch0", "kernel_eq_padded_input",
+                      "pad4_asymmetric", "same_even", "several_blocks", "narrow_products"),
 )
 
 LOCAL = ConvFamily(
@@ -310,6 +328,16 @@ TILED = ConvFamily(
                      "bias_backward": ref.tiled_conv2d_bias_backward_ref},
     adjoint=_pick(TILED_PROBLEMS, "anisotropic", "tiles_not_dividing", "same_even"),
     tiled=True,
+    # Tiles dividing the output or not, equal to it, larger than it, (1, 1), one
+    # sample, stride 2, groups, depthwise, an empty batch, a 1x1 output, narrow
+    # phases (the CPU engine's streamed products), several blocks of samples,
+    # phases split over threads, and the CPU engine's tap products (64 channels,
+    # with and without stride and dilation).
+    untied_bias=_pick(TILED_PROBLEMS, "tiles_1x1", "tiles_2x2", "tiles_2x3", "tiles_not_dividing",
+                      "tiles_eq_output", "tiles_gt_output", "odd_sizes", "1x1", "stride2_pad1",
+                      "stride2_floor", "groups2", "depthwise", "depthwise_mult2_stride2",
+                      "batch0", "kernel_eq_padded_input", "pad4_asymmetric", "narrow_phases",
+                      "several_blocks", "sample_chunks", "tap_products", "tap_products_strided"),
 )
 
 # Its gradients are conv2d's ops (SPEC 1.2): no gradient views of its own.
@@ -329,6 +357,12 @@ TRANSPOSED = ConvFamily(
                      ("t_outpad_by_dilation", "contiguous", True),
                      ("t_batch0", "contiguous", True), ("t_anisotropic", "channels_last", True)),
     random_problems=random_conv_transpose_problems(),
+    # Stride 2 with output_padding, odd sizes, one sample, groups, depthwise, an
+    # empty batch, a 1x1 output (where (C_out, 1, 1) and (C_out,) are both
+    # accepted), output_padding below the dilation, block remainders.
+    untied_bias=_pick(CONV_TRANSPOSE_PROBLEMS, "t_basic", "t_stride2_outpad1", "t_odd",
+                      "t_stride3_kernel2", "t_groups2", "t_depthwise", "t_batch0", "t_crop_to_1",
+                      "t_outpad_by_dilation", "t_anisotropic", "t_block_remainders"),
 )
 
 FAMILIES = [CONV2D, TRANSPOSED, LOCAL, TILED]

@@ -10,11 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import cnnkit.functional as CF
-import reference as ref
 from conftest import (FLOAT_DTYPES, BadCase, assert_close, bad_case_params, check_bad_case,
-                      exact_message, make_tensor, with_layout)
-from conv_family import (CONV2D, check_compiled_equals_eager, conv_hyper, conv_op_geometry,
-                         conv_out_shape, view_bad_cases)
+                      exact_message, make_tensor)
+from conv_family import CONV2D, check_compiled_equals_eager, conv_op_geometry, view_bad_cases
 from problems import CONV_PROBLEMS, ConvProblem, pair
 
 ops = torch.ops.cnnkit
@@ -58,51 +56,8 @@ def test_padding_strings_match_torch(pb, dtype, device):
 # --------------------------------------------------------------------------- untied bias
 # With a fixed input size a convolution may learn one bias per output location:
 # the op takes a bias (C_out, OH, OW) beside the (C_out,) one, and adds
-# bias[k, p, q] to out[n, k, p, q] (forward only here).
-
-# Odd sizes, 1x1 (no unfolding), stride 2 with and without a floor drop, one
-# sample (the CPU engine's direct product), groups, a channel multiplier, an
-# empty batch, a 1x1 output (where (C_out, 1, 1) and (C_out,) are both
-# accepted), asymmetric padding, several blocks of samples, narrow products.
-UNTIED_BIAS_PROBLEMS = CONV2D.by_id("odd_sizes", "1x1", "stride2_pad1", "stride2_floor",
-                                    "groups2", "groups3_stride2", "depthwise_mult2", "batch0",
-                                    "kernel_eq_padded_input", "pad4_asymmetric", "same_even",
-                                    "several_blocks", "narrow_products")
-
-
-def untied_bias_shape(pb) -> tuple:
-    """(C_out, OH, OW)."""
-    return conv_out_shape(pb)[1:]
-
-
-def untied_reference(pb, x, w, b):
-    return ref.conv2d_ref(x, w, None, **conv_hyper(pb)) + b.to(F64)[None]
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("pb", UNTIED_BIAS_PROBLEMS, ids=str)
-def test_untied_bias_matches_reference(pb, layout, device):
-    # F.conv2d without bias, plus the bias at every sample; the output in the
-    # memory format the op gives without a bias.
-    x, w, _ = CONV2D.args(pb, F64, device, layout)
-    b = make_tensor(untied_bias_shape(pb), F64, device)
-    y = ops.conv2d(x, w, b, *conv_op_geometry(pb))
-    assert_close(y, untied_reference(pb, x, w, b), F64)
-    tied = ops.conv2d(x, w, None, *conv_op_geometry(pb))
-    assert y.stride() == tied.stride()
-
-
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("pb", CONV2D.by_id("basic_3x3", "groups2"), ids=str)
-def test_untied_bias_strided_bias_and_dtypes(pb, dtype, device):
-    # A bias that is a non-contiguous view (every other element, transposed
-    # spatial axes) reads as its values.
-    x, w, _ = CONV2D.args(pb, dtype, device)
-    for layout in ("sliced", "transposed"):
-        b = with_layout(make_tensor(untied_bias_shape(pb), dtype, device), layout)
-        y = ops.conv2d(x, w, b, *conv_op_geometry(pb))
-        assert_close(y, untied_reference(pb, x, w, b), dtype)
-
+# bias[k, p, q] to out[n, k, p, q]
+# (forward only here; tests/test_conv_families.py has the shared ones).
 
 def test_untied_bias_of_a_1x1_output_equals_the_tied_one(device):
     # Output 1x1: bias (C_out, 1, 1) means what bias (C_out,) means.

@@ -79,6 +79,31 @@ def test_forward_half_cuda(fam, pb, dtype, cuda_device):
     assert_close(y, fam.reference_output(pb, x, w, b), dtype)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("fam,pb", each(lambda fam: fam.untied_bias))
+def test_untied_bias(fam, pb, layout, device):
+    # A bias (C_out, OH, OW), one per output location, added at every sample:
+    # the reference without bias plus the bias; the output in the memory
+    # format the op gives without a bias.
+    x, w, _ = fam.args(pb, F64, device, layout)
+    b = make_tensor(fam.untied_bias_shape(pb), F64, device)
+    y = fam.op()(x, w, b, *fam.op_geometry(pb))
+    assert_close(y, fam.untied_reference(pb, x, w, b), F64)
+    assert y.stride() == fam.op()(x, w, None, *fam.op_geometry(pb)).stride()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("fam,pb", each(lambda fam: fam.untied_bias[:2]))
+def test_untied_bias_strided(fam, pb, dtype, device):
+    # An untied bias that is a non-contiguous view (every other element,
+    # transposed spatial axes) reads as its values.
+    x, w, _ = fam.args(pb, dtype, device)
+    for layout in ("sliced", "transposed"):
+        b = make_tensor(fam.untied_bias_shape(pb), dtype, device, layout)
+        y = fam.op()(x, w, b, *fam.op_geometry(pb))
+        assert_close(y, fam.untied_reference(pb, x, w, b), dtype)
+
+
 # --------------------------------------------------------------------------- gradient views
 
 

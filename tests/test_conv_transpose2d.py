@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import cnnkit.functional as CF
-import reference as ref
 from conftest import (BadCase, assert_close, bad_case_params, check_bad_case, exact_message,
-                      make_tensor, with_layout)
-from conv_family import TRANSPOSED, transpose_hyper, transpose_op_geometry, transpose_out_shape
+                      make_tensor)
+from conv_family import TRANSPOSED, transpose_op_geometry
 from problems import pair
 
 ops = torch.ops.cnnkit
@@ -34,49 +33,8 @@ def test_is_the_input_gradient_of_conv2d(pb, device):
 # --------------------------------------------------------------------------- untied bias
 # With a fixed input size the transposed convolution may learn one bias per
 # output location: bias (C_out, OH, OW) beside (C_out,), added to
-# out[n, k, p, q] (forward only here).
-
-# Stride 2 with output_padding, odd sizes, one sample, groups, depthwise, an
-# empty batch, a 1x1 output (where (C_out, 1, 1) and (C_out,) are both
-# accepted), output_padding below the dilation, block remainders.
-UNTIED_BIAS_PROBLEMS = TRANSPOSED.by_id("t_basic", "t_stride2_outpad1", "t_odd",
-                                        "t_stride3_kernel2", "t_groups2", "t_depthwise",
-                                        "t_batch0", "t_crop_to_1", "t_outpad_by_dilation",
-                                        "t_anisotropic", "t_block_remainders")
-
-
-def untied_bias_shape(pb) -> tuple:
-    """(C_out, OH, OW)."""
-    return transpose_out_shape(pb)[1:]
-
-
-def untied_reference(pb, x, w, b):
-    return ref.conv_transpose2d_ref(x, w, None, **transpose_hyper(pb)) + b.to(F64)[None]
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("pb", UNTIED_BIAS_PROBLEMS, ids=str)
-def test_untied_bias_matches_reference(pb, layout, device):
-    # F.conv_transpose2d without bias, plus the bias at every sample; the
-    # output in the memory format the op gives without a bias.
-    x, w, _ = TRANSPOSED.args(pb, F64, device, layout)
-    b = make_tensor(untied_bias_shape(pb), F64, device)
-    y = ops.conv_transpose2d(x, w, b, *transpose_op_geometry(pb))
-    assert_close(y, untied_reference(pb, x, w, b), F64)
-    tied = ops.conv_transpose2d(x, w, None, *transpose_op_geometry(pb))
-    assert y.stride() == tied.stride()
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
-def test_untied_bias_strided_bias_and_dtypes(dtype, device):
-    # A bias that is a non-contiguous view reads as its values.
-    pb = TRANSPOSED.by_id("t_stride2_outpad1")[0]
-    x, w, _ = TRANSPOSED.args(pb, dtype, device)
-    for layout in ("sliced", "transposed"):
-        b = with_layout(make_tensor(untied_bias_shape(pb), dtype, device), layout)
-        y = ops.conv_transpose2d(x, w, b, *transpose_op_geometry(pb))
-        assert_close(y, untied_reference(pb, x, w, b), dtype)
-
+# out[n, k, p, q]
+# (forward only here; tests/test_conv_families.py has the shared ones).
 
 def test_untied_bias_of_a_1x1_output_equals_the_tied_one(device):
     pb = TRANSPOSED.by_id("t_crop_to_1")[0]

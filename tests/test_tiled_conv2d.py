@@ -19,8 +19,8 @@ import cnnkit.functional as CF
 import reference as ref
 from conftest import (BadCase, assert_close, bad_case_params, check_bad_case, exact_message,
                       make_tensor, with_layout)
-from conv_family import (CONV2D, LOCAL, TILED, check_compiled_equals_eager, conv_hyper,
-                         conv_op_geometry, conv_out_shape, view_bad_cases)
+from conv_family import (CONV2D, LOCAL, TILED, check_compiled_equals_eager, conv_op_geometry,
+                         conv_out_shape, view_bad_cases)
 from problems import pair
 
 ops = torch.ops.cnnkit
@@ -210,42 +210,9 @@ def test_equal_tiles_equal_conv2d(pb, device):
 # --------------------------------------------------------------------------- untied bias
 # With a fixed input size the tiled convolution may learn one bias per output
 # location: the op takes a bias (C_out, OH, OW) beside (C_out, tH, tW), and
-# adds bias[k, p, q] to out[n, k, p, q] (forward only here). With tiles equal
+# adds bias[k, p, q] to out[n, k, p, q]
+# (forward only here; tests/test_conv_families.py has the shared ones). With tiles equal
 # to the output size the two shapes are one, and mean the same.
-
-# Tiles dividing the output or not, equal to it, larger than it, (1, 1), one
-# sample, stride 2, groups, depthwise, an empty batch, a 1x1 output, narrow
-# phases (the CPU engine's streamed products), several blocks of samples,
-# phases split over threads, and the CPU engine's tap products (64 channels,
-# with and without stride and dilation).
-UNTIED_BIAS_PROBLEMS = TILED.by_id("tiles_1x1", "tiles_2x2", "tiles_2x3", "tiles_not_dividing",
-                                   "tiles_eq_output", "tiles_gt_output", "odd_sizes", "1x1",
-                                   "stride2_pad1", "stride2_floor", "groups2", "depthwise",
-                                   "depthwise_mult2_stride2", "batch0", "kernel_eq_padded_input",
-                                   "pad4_asymmetric", "narrow_phases", "several_blocks",
-                                   "sample_chunks", "tap_products", "tap_products_strided")
-
-
-def untied_bias_shape(pb) -> tuple:
-    """(C_out, OH, OW)."""
-    return conv_out_shape(pb)[1:]
-
-
-def untied_reference(pb, x, w, b):
-    """The SPEC 1.4 reference without bias, plus the bias at every sample."""
-    return ref.tiled_conv2d_ref(x, w, None, **conv_hyper(pb)) + b.to(F64)[None]
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("pb", UNTIED_BIAS_PROBLEMS, ids=str)
-def test_untied_bias_matches_reference(pb, layout, device):
-    x, w, _ = TILED.args(pb, F64, device, layout)
-    b = make_tensor(untied_bias_shape(pb), F64, device)
-    y = ops.tiled_conv2d(x, w, b, *conv_op_geometry(pb))
-    assert_close(y, untied_reference(pb, x, w, b), F64)
-    tied = ops.tiled_conv2d(x, w, None, *conv_op_geometry(pb))
-    assert y.stride() == tied.stride()
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
 @pytest.mark.parametrize("pb", TILED.by_id("tiles_2x3", "groups2"), ids=str)
@@ -254,8 +221,8 @@ def test_untied_bias_strided_bias_and_dtypes(pb, dtype, device):
     # phase-major weight.
     x, w, _ = TILED.args(pb, dtype, device)
     for layout in ("sliced", "transposed"):
-        b = with_layout(make_tensor(untied_bias_shape(pb), dtype, device), layout)
-        want = untied_reference(pb, x, w, b)
+        b = with_layout(make_tensor(TILED.untied_bias_shape(pb), dtype, device), layout)
+        want = TILED.untied_reference(pb, x, w, b)
         assert_close(ops.tiled_conv2d(x, w, b, *conv_op_geometry(pb)), want, dtype)
         assert_close(ops.tiled_conv2d(x, phase_major(w), b, *conv_op_geometry(pb)), want, dtype)
 
