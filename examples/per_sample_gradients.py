@@ -7,9 +7,9 @@ scikit-learn, in requirements-dev.txt. Writes no files.)
 
 ``torch.func.vmap(torch.func.grad(loss))`` gives the gradient of every
 sample's loss separately, in one pass over the batch: under ``vmap`` each cnnkit
-op runs once per batch, a vmapped input folded into the op's batch dimension
-and a vmapped weight (here: the per-sample gradient's cotangents) into its
-groups. The network, on the 1,797 8x8 digits of ``sklearn.datasets.load_digits``
+op runs once per batch: a vmapped input folds into the op's batch dimension,
+and the weight gradient, whose operands (the input and the gradient of the
+output) are both vmapped, into its groups. The network, on the 1,797 8x8 digits of ``sklearn.datasets.load_digits``
 (scaled to [0, 1], split 75 / 25 stratified; nothing is downloaded), has a
 locally connected layer, whose per-sample weight gradient is a separate
 weight for every output location and every sample:
