@@ -16,10 +16,14 @@ the baseline are timed in turns (torch.utils.benchmark's blocked_autorange, or
 single calls for suites of slow layers, a few rounds each, alternating), so
 that drift in clock speed or machine load affects both.
 
-The machine's ceilings are measured in the same run: a large matmul (GFLOP/s)
-and a large copy (GB/s, read + write bytes; on CUDA a device-to-device copy). A
-convolution row reports its GFLOP/s and the fraction of the matmul ceiling, a
-pooling row its GB/s of minimal traffic and the fraction of the copy ceiling.
+The machine's ceilings are measured in the same run: on the CPU the FMA peak
+(cnnkit._C.fma_peak: independent chains of fused multiply-adds in registers on
+every thread, the best instruction set the CPU has), with a large matmul
+(ATen's BLAS) reported beside it and not as the ceiling, since a vendor BLAS
+may run far below the machine; on CUDA a large matmul; and a large copy (GB/s,
+read + write bytes; on CUDA a device-to-device copy). A convolution row
+reports its GFLOP/s and the fraction of the compute ceiling, a pooling row its
+GB/s of minimal traffic and the fraction of the copy ceiling.
 
 On CUDA every timing synchronizes the device before reading the clock, and the
 untimed first call of each op (the correctness check) is also its warmup:
@@ -613,7 +617,7 @@ def time_row(row: dict, steps: dict, work: Work, timing, threads, device, ceilin
     times = time_alternating(steps, timing, threads, device)
     row["other_load"] = other_load.fraction()
     cnnkit_time, baseline_time = summarize_times(times["cnnkit"]), summarize_times(times["baseline"])
-    ceiling = ceilings["matmul_gflops" if work.unit == "flop" else "copy_gbs"]
+    ceiling = ceilings["compute_gflops" if work.unit == "flop" else "copy_gbs"]
     cnnkit_rate = work.amount / cnnkit_time["ms"] / 1e6  # G<unit>/s
     baseline_rate = work.amount / baseline_time["ms"] / 1e6
     row.update(
@@ -732,9 +736,19 @@ def measure_ceilings(device, dtype, threads) -> dict:
     copy = Timer("dst.copy_(src)", globals={"src": src, "dst": dst},
                  num_threads=threads, timer=clock).blocked_autorange(min_run_time=CEILING_MIN_RUN_TIME)
     copy_bytes = 2 * src.numel() * src.element_size()
-    return {"matmul_size": size, "matmul_dtype": str(dtype).removeprefix("torch."),
-            "matmul_gflops": 2 * size**3 / matmul.median / 1e9,
-            "copy_bytes": copy_bytes, "copy_gbs": copy_bytes / copy.median / 1e9}
+    ceilings = {"matmul_size": size, "matmul_dtype": str(dtype).removeprefix("torch."),
+                "matmul_gflops": 2 * size**3 / matmul.median / 1e9,
+                "copy_bytes": copy_bytes, "copy_gbs": copy_bytes / copy.median / 1e9}
+    ceilings["compute_gflops"] = ceilings["matmul_gflops"]
+    if device.type == "cpu":
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            gflops, isa, _ = cnnkit._C.fma_peak(dtype == torch.float64, CEILING_MIN_RUN_TIME)
+        finally:
+            torch.set_num_threads(previous)
+        ceilings.update(fma_gflops=gflops, fma_isa=isa, compute_gflops=gflops)
+    return ceilings
 
 
 def source_revision() -> str | None:
@@ -750,6 +764,34 @@ def source_revision() -> str | None:
     return commit + (" + changes" if changed else "")
 
 
+# The instruction sets that matter to convolution kernels, as /proc/cpuinfo names them.
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+              "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_instruction_sets() -> list | None:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line.split(":", 1)[1].split() for line in cpuinfo
+                         if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    return [flag for flag in _ISA_FLAGS if flag in flags]
+
+
+def cpu_family_model() -> str | None:
+    """"family/model" of /proc/cpuinfo: which generation a bare "AMD EPYC" is
+    (family 25 is Zen 3 and Zen 4, 26 is Zen 5)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            fields = dict(line.split(":", 1) for line in cpuinfo.read().split("\n\n")[0].splitlines()
+                          if ":" in line)
+    except OSError:
+        return None
+    family, model = fields.get("cpu family\t"), fields.get("model\t\t")
+    return f"{family.strip()}/{model.strip()}" if family and model else None
+
+
 def machine_info(device) -> dict:
     cpu_model = platform.processor()
     try:
@@ -760,6 +802,8 @@ def machine_info(device) -> dict:
         pass
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu_isa": cpu_instruction_sets(),
+        "cpu_family_model": cpu_family_model(),
         "host": platform.node(),
         "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),
@@ -1037,8 +1081,14 @@ def timing_text(timing: dict) -> str:
 
 
 def ceilings_text(ceilings: dict, device: str) -> str:
-    return (f"matmul {ceilings['matmul_size']}^2 {ceilings['matmul_dtype']} "
-            f"{ceilings['matmul_gflops']:.1f} GFLOP/s (conv % ceil); "
+    matmul = (f"matmul {ceilings['matmul_size']}^2 {ceilings['matmul_dtype']} "
+              f"{ceilings['matmul_gflops']:.1f} GFLOP/s")
+    if "fma_gflops" in ceilings:
+        compute = (f"FMA peak {ceilings['fma_gflops']:.1f} GFLOP/s ({ceilings['fma_isa']}; "
+                   f"conv % ceil), ATen {matmul}")
+    else:
+        compute = f"{matmul} (conv % ceil)"
+    return (f"{compute}; "
             f"copy 256 MiB {'device to device ' if device == 'cuda' else ''}"
             f"{ceilings['copy_gbs']:.1f} GB/s read+write (pooling % ceil)")
 
@@ -1093,6 +1143,8 @@ def report_text(info, settings, ceilings_by_threads, rows, summary, targets) -> 
         "",
         f"- device: {info['device_name']}; {info['cpu_count']} CPUs, torch threads: {thread_counts}"
         + (" (the threads column)" if len(ceilings_by_threads) > 1 else "") + tf32,
+        f"- CPU: {info['cpu_model']} (family/model {info.get('cpu_family_model')}), instruction "
+        f"sets: {', '.join(info.get('cpu_isa') or ['?'])}",
         f"- torch {info['torch']}, cnnkit {info['cnnkit']} {info['cnnkit_build']}"
         + (f", source {info['source']}" if info.get("source") else ""),
         f"- dtype {settings['dtype']}, {timing}; times are medians",
@@ -1324,7 +1376,7 @@ def main(argv=None) -> int:
           f"{len(work_items)} rows", flush=True)
     if any(OPS[layer.op].measure_memory for _, layer, *_ in work_items):
         check_memory_meter(device)
-    print("measuring the machine's ceilings (matmul, copy) ...", flush=True)
+    print("measuring the machine's ceilings (FMA peak, matmul, copy) ...", flush=True)
     ceilings = {threads: measure_ceilings(device, dtype, threads) for threads in thread_counts}
 
     rows = []

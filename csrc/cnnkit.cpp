@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "cpu/fma_peak.h"
 #include "schemas.h"
 
 #ifdef CNNKIT_WITH_CUDA
@@ -70,4 +71,13 @@ PYBIND11_MODULE(_C, m) {
 #define CNNKIT_STR2(x) #x
 #define CNNKIT_STR(x) CNNKIT_STR2(x)
   m.attr("cpu_capability") = CNNKIT_STR(CPU_CAPABILITY);
+  m.def(
+      "fma_peak",
+      [](bool float64, double seconds) {
+        const auto peak = cnnkit::cpu::measure_fma_peak(float64, seconds);
+        return pybind11::make_tuple(peak.gflops, peak.isa, peak.threads);
+      },
+      pybind11::arg("float64") = false, pybind11::arg("seconds") = 1.0,
+      "The CPU's measured FMA peak on every intra-op thread: (GFLOP/s, instruction set, "
+      "threads).");
 }

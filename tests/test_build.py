@@ -112,3 +112,20 @@ def test_cuda_build_registers_a_cuda_kernel_for_every_op(name):
     dump = torch._C._dispatch_dump(f"cnnkit::{name}")
     (cuda_line,) = [line for line in dump.splitlines() if line.startswith("CUDA:")]
     assert "/csrc/cuda/" in cuda_line and "cnnkit.cpp" not in cuda_line, cuda_line
+
+
+@pytest.mark.parametrize("float64", [False, True])
+def test_fma_peak(float64, one_thread):
+    # The benchmark's compute ceiling: a positive rate on the best instruction
+    # set the CPU has, from every intra-op thread.
+    gflops, isa, threads = cnnkit._C.fma_peak(float64, 0.05)
+    assert gflops > 0 and threads == torch.get_num_threads() == 1
+    flags = open("/proc/cpuinfo").read()
+    expected = ("avx512" if " avx512f" in flags else
+                "avx2" if " avx2" in flags and " fma" in flags else "scalar")
+    assert isa == expected
+
+
+def test_fma_peak_rejects_a_non_positive_time():
+    with pytest.raises(RuntimeError, match="cnnkit: expected a positive measuring time, but got 0"):
+        cnnkit._C.fma_peak(False, 0.0)
