@@ -231,6 +231,43 @@ def _unbatched_except(dims, name):
     return not any(isinstance(d, int) for n, d in zip(dims._fields, dims) if n != name)
 
 
+def _bilinear_tangent(op, operands, a, t, output_shape):
+    """The tangent of an op bilinear in its two `operands` (plus its bias, when
+    it has one): the op of each operand's tangent with the other operand,
+    d B(u, v) = B(du, v) + B(u, dv), and the bias tangent added by the first
+    of those that runs (or spread alone)."""
+    has_bias = "bias" in a._fields
+    bias_term, terms = getattr(t, "bias", None), []
+    for operand in operands:
+        tangent = getattr(t, operand)
+        if tangent is not None:
+            changes = {operand: tangent}
+            if has_bias:
+                changes["bias"], bias_term = bias_term, None
+            terms.append(op(*a._replace(**changes)))
+    if bias_term is not None:
+        terms.append(spread_bias(bias_term, output_shape))
+    return _sum(terms)
+
+
+def _fold_vmap(op, data):
+    """The batching rule of a convolution op whose operands are `data` (input
+    or grad_output: samples first), a weight, maybe a bias, and `groups`: a
+    vmapped `data` alone folds into the batch; otherwise every operand's B
+    copies go side by side in the channels, as B*groups groups."""
+    def vmap(B, dims, a):
+        if _unbatched_except(dims, data):
+            samples = getattr(a, data).movedim(getattr(dims, data), 0)
+            return _out_of_batch(op(*a._replace(**{data: _into_batch(samples)})), B), 0
+        folded = {data: _into_channels(_batched(getattr(a, data), getattr(dims, data), B)),
+                  "weight": _into_batch(_batched(a.weight, dims.weight, B)),
+                  "groups": a.groups * B}
+        if getattr(a, "bias", None) is not None:
+            folded["bias"] = _into_batch(_batched(a.bias, dims.bias, B))
+        return _out_of_channels(op(*a._replace(**folded)), B), 1
+    return vmap
+
+
 # --------------------------------------------------------------------------- convolution
 
 
@@ -242,20 +279,12 @@ def _register_conv_kind(kind):
     forward, input_backward = _op(kind.name), _op(f"{kind.name}_input_backward")
     weight_backward_op = _op(f"{kind.name}_weight_backward")
     bias_backward_op = _op(f"{kind.name}_bias_backward")
-    tiled = kind.tile_dims is not None
 
     def weight_backward(grad, x, like_weight, geometry):
-        """The weight gradient for a weight of `like_weight`'s kernel size and tiles."""
-        kernel = list(kind.kernel_size(like_weight))
-        if tiled:
-            return weight_backward_op(grad, x, kernel, list(kind.tiles(like_weight)), *geometry)
-        return weight_backward_op(grad, x, kernel, *geometry)
-
-    def weight_backward_of(grad, x, a):
-        """weight_backward with the kernel size (and tiles) of the arguments `a`."""
-        if tiled:
-            return weight_backward_op(grad, x, a.kernel_size, a.tiles, *_geometry(a))
-        return weight_backward_op(grad, x, a.kernel_size, *_geometry(a))
+        """The weight gradient for a weight of `like_weight`'s kernel size (and tiles)."""
+        tiles = kind.tiles(like_weight)
+        sizes = [list(kind.kernel_size(like_weight))] + ([] if tiles is None else [list(tiles)])
+        return weight_backward_op(grad, x, *sizes, *geometry)
 
     # ---- forward: Z = conv(V, K) + b
 
@@ -268,32 +297,6 @@ def _register_conv_kind(kind):
             "bias": bias_gradient(grad, a.bias.shape) if needs.bias else None,
         }
 
-    def forward_jvp(a, t, _, output_shapes):
-        geometry = _geometry(a)
-        bias_term = t.bias
-        terms = []
-        if t.input is not None:
-            terms.append(forward(t.input, a.weight, bias_term, *geometry))
-            bias_term = None
-        if t.weight is not None:
-            terms.append(forward(a.input, t.weight, bias_term, *geometry))
-            bias_term = None
-        if bias_term is not None:
-            terms.append(spread_bias(bias_term, output_shapes[0]))
-        return _sum(terms)
-
-    def forward_vmap(B, dims, a):
-        stride, padding, dilation, groups = _geometry(a)
-        if _unbatched_except(dims, "input"):
-            x = a.input.movedim(dims.input, 0)
-            out = forward(_into_batch(x), a.weight, a.bias, stride, padding, dilation, groups)
-            return _out_of_batch(out, B), 0
-        x = _into_channels(_batched(a.input, dims.input, B))
-        w = _into_batch(_batched(a.weight, dims.weight, B))
-        b = None if a.bias is None else _into_batch(_batched(a.bias, dims.bias, B))
-        out = forward(x, w, b, stride, padding, dilation, groups * B)
-        return _out_of_channels(out, B), 1
-
     # ---- input gradient: dV = T(G, K), linear in each
 
     def input_backward_backward(needs, a, _, gg):
@@ -303,27 +306,6 @@ def _register_conv_kind(kind):
             "weight": weight_backward(a.grad_output, gg, a.weight, geometry)
             if needs.weight else None,
         }
-
-    def input_backward_jvp(a, t, _, __):
-        geometry = _geometry(a)
-        return _sum([
-            None if t.grad_output is None
-            else input_backward(t.grad_output, a.weight, a.input_size, *geometry),
-            None if t.weight is None
-            else input_backward(a.grad_output, t.weight, a.input_size, *geometry),
-        ])
-
-    def input_backward_vmap(B, dims, a):
-        stride, padding, dilation, groups = _geometry(a)
-        if _unbatched_except(dims, "grad_output"):
-            g = a.grad_output.movedim(dims.grad_output, 0)
-            out = input_backward(_into_batch(g), a.weight, a.input_size, stride, padding, dilation,
-                                 groups)
-            return _out_of_batch(out, B), 0
-        g = _into_channels(_batched(a.grad_output, dims.grad_output, B))
-        w = _into_batch(_batched(a.weight, dims.weight, B))
-        out = input_backward(g, w, a.input_size, stride, padding, dilation, groups * B)
-        return _out_of_channels(out, B), 1
 
     # ---- weight gradient: dK = U(G, V), linear in each
 
@@ -335,39 +317,38 @@ def _register_conv_kind(kind):
             if needs.input else None,
         }
 
-    def weight_backward_jvp(a, t, _, __):
-        return _sum([
-            None if t.grad_output is None else weight_backward_of(t.grad_output, a.input, a),
-            None if t.input is None else weight_backward_of(a.grad_output, t.input, a),
-        ])
-
     def weight_backward_vmap(B, dims, a):
         g = _into_channels(_batched(a.grad_output, dims.grad_output, B))
         x = _into_channels(_batched(a.input, dims.input, B))
-        folded = a._replace(grad_output=g, input=x, groups=a.groups * B)
-        out = weight_backward_of(g, x, folded)
+        out = weight_backward_op(*a._replace(grad_output=g, input=x, groups=a.groups * B))
         return _out_of_batch(out, B), 0
 
     # ---- bias gradient: a sum of G; its adjoint spreads back over the summed positions
-
-    def bias_backward_call(grad, a):
-        return bias_backward_op(grad, a.tiles) if tiled else bias_backward_op(grad)
 
     def bias_backward_backward(needs, a, _, gg):
         return {"grad_output": spread_bias(gg, a.grad_output.shape) if needs.grad_output else None}
 
     def bias_backward_jvp(a, t, _, __):
-        return bias_backward_call(t.grad_output, a)
+        return bias_backward_op(*a._replace(grad_output=t.grad_output))
 
     def bias_backward_vmap(B, dims, a):
         g = _into_channels(a.grad_output.movedim(dims.grad_output, 0))
-        return _out_of_batch(bias_backward_call(g, a), B), 0
+        return _out_of_batch(bias_backward_op(*a._replace(grad_output=g)), B), 0
 
-    _register(kind.name, backward=forward_backward, jvp=forward_jvp, vmap=forward_vmap)
+    _register(kind.name, backward=forward_backward,
+              jvp=lambda a, t, _, shapes: _bilinear_tangent(forward, ("input", "weight"), a, t,
+                                                            shapes[0]),
+              vmap=_fold_vmap(forward, "input"))
     _register(f"{kind.name}_input_backward", backward=input_backward_backward,
-              jvp=input_backward_jvp, vmap=input_backward_vmap)
+              jvp=lambda a, t, _, shapes: _bilinear_tangent(input_backward,
+                                                            ("grad_output", "weight"), a, t,
+                                                            shapes[0]),
+              vmap=_fold_vmap(input_backward, "grad_output"))
     _register(f"{kind.name}_weight_backward", backward=weight_backward_backward,
-              jvp=weight_backward_jvp, vmap=weight_backward_vmap)
+              jvp=lambda a, t, _, shapes: _bilinear_tangent(weight_backward_op,
+                                                            ("grad_output", "input"), a, t,
+                                                            shapes[0]),
+              vmap=weight_backward_vmap)
     _register(f"{kind.name}_bias_backward", backward=bias_backward_backward,
               jvp=bias_backward_jvp, vmap=bias_backward_vmap)
 
@@ -377,10 +358,6 @@ for _kind in KINDS.values():
 
 
 # ---- transposed convolution: Y = T(X, K) + b with T = conv2d_input_backward (X plays G)
-
-
-def _transpose_geometry(a):
-    return a.stride, a.padding, a.output_padding, a.groups, a.dilation
 
 
 def _conv_transpose2d_backward(needs, a, _, grad):
@@ -406,37 +383,10 @@ def _conv_transpose2d_backward(needs, a, _, grad):
     return grads
 
 
-def _conv_transpose2d_jvp(a, t, _, output_shapes):
-    geometry = _transpose_geometry(a)
-    bias_term = t.bias
-    terms = []
-    if t.input is not None:
-        terms.append(_ops.conv_transpose2d(t.input, a.weight, bias_term, *geometry))
-        bias_term = None
-    if t.weight is not None:
-        terms.append(_ops.conv_transpose2d(a.input, t.weight, bias_term, *geometry))
-        bias_term = None
-    if bias_term is not None:
-        terms.append(spread_bias(bias_term, output_shapes[0]))
-    return _sum(terms)
-
-
-def _conv_transpose2d_vmap(B, dims, a):
-    stride, padding, output_padding, groups, dilation = _transpose_geometry(a)
-    if _unbatched_except(dims, "input"):
-        x = a.input.movedim(dims.input, 0)
-        out = _ops.conv_transpose2d(_into_batch(x), a.weight, a.bias, stride, padding,
-                                    output_padding, groups, dilation)
-        return _out_of_batch(out, B), 0
-    x = _into_channels(_batched(a.input, dims.input, B))
-    w = _into_batch(_batched(a.weight, dims.weight, B))  # (B*C_in, C_out/g, kH, kW)
-    b = None if a.bias is None else _into_batch(_batched(a.bias, dims.bias, B))
-    out = _ops.conv_transpose2d(x, w, b, stride, padding, output_padding, groups * B, dilation)
-    return _out_of_channels(out, B), 1
-
-
-_register("conv_transpose2d", backward=_conv_transpose2d_backward, jvp=_conv_transpose2d_jvp,
-          vmap=_conv_transpose2d_vmap)
+_register("conv_transpose2d", backward=_conv_transpose2d_backward,
+          jvp=lambda a, t, _, shapes: _bilinear_tangent(_op("conv_transpose2d"),
+                                                        ("input", "weight"), a, t, shapes[0]),
+          vmap=_fold_vmap(_op("conv_transpose2d"), "input"))
 
 
 # --------------------------------------------------------------------------- pooling
