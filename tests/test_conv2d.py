@@ -12,11 +12,10 @@ import torch.nn.functional as F
 import cnnkit.functional as CF
 from conftest import (FLOAT_DTYPES, BadCase, assert_close, bad_case_params, check_bad_case,
                       exact_message, make_tensor)
-from conv_family import CONV2D, check_compiled_equals_eager, conv_op_geometry, view_bad_cases
+from conv_family import CONV2D, check_compiled_equals_eager, view_bad_cases
 from problems import CONV_PROBLEMS, ConvProblem, pair
 
 ops = torch.ops.cnnkit
-F64 = torch.float64
 
 
 # --------------------------------------------------------------------------- padding strings
@@ -58,16 +57,6 @@ def test_padding_strings_match_torch(pb, dtype, device):
 # the op takes a bias (C_out, OH, OW) beside the (C_out,) one, and adds
 # bias[k, p, q] to out[n, k, p, q]
 # (forward only here; tests/test_conv_families.py has the shared ones).
-
-def test_untied_bias_of_a_1x1_output_equals_the_tied_one(device):
-    # Output 1x1: bias (C_out, 1, 1) means what bias (C_out,) means.
-    pb = CONV2D.by_id("kernel_eq_padded_input")[0]
-    x, w, _ = CONV2D.args(pb, F64, device)
-    b = make_tensor((pb.K,), F64, device)
-    geometry = conv_op_geometry(pb)
-    assert torch.equal(ops.conv2d(x, w, b[:, None, None], *geometry),
-                       ops.conv2d(x, w, b, *geometry))
-
 
 # Bias shapes neither (C_out,) nor (C_out, OH, OW), for input (2, 3, 7, 9) and
 # weight (8, 3, 3, 3): output 5x7.

@@ -92,6 +92,16 @@ def test_untied_bias(fam, pb, layout, device):
     assert y.stride() == fam.op()(x, w, None, *fam.op_geometry(pb)).stride()
 
 
+@pytest.mark.parametrize("fam,pb", each(lambda fam: [
+    pb for pb in fam.untied_bias if not fam.tiled and tuple(fam.out_shape(pb)[2:]) == (1, 1)]))
+def test_untied_bias_of_a_1x1_output_equals_the_per_channel_one(fam, pb, device):
+    # Output 1x1: bias (C_out, 1, 1) means what bias (C_out,) means.
+    x, w, _ = fam.args(pb, F64, device)
+    b = make_tensor(fam.untied_bias_shape(pb)[:1], F64, device)
+    geometry = fam.op_geometry(pb)
+    assert torch.equal(fam.op()(x, w, b[:, None, None], *geometry), fam.op()(x, w, b, *geometry))
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("fam,pb", each(lambda fam: fam.untied_bias[:2]))
 def test_untied_bias_strided(fam, pb, dtype, device):

@@ -11,7 +11,7 @@ import torch
 import cnnkit.functional as CF
 from conftest import (BadCase, assert_close, bad_case_params, check_bad_case, exact_message,
                       make_tensor)
-from conv_family import TRANSPOSED, transpose_op_geometry
+from conv_family import TRANSPOSED
 from problems import pair
 
 ops = torch.ops.cnnkit
@@ -35,15 +35,6 @@ def test_is_the_input_gradient_of_conv2d(pb, device):
 # output location: bias (C_out, OH, OW) beside (C_out,), added to
 # out[n, k, p, q]
 # (forward only here; tests/test_conv_families.py has the shared ones).
-
-def test_untied_bias_of_a_1x1_output_equals_the_tied_one(device):
-    pb = TRANSPOSED.by_id("t_crop_to_1")[0]
-    x, w, _ = TRANSPOSED.args(pb, F64, device)
-    b = make_tensor((pb.C_out,), F64, device)
-    geometry = transpose_op_geometry(pb)
-    assert torch.equal(ops.conv_transpose2d(x, w, b[:, None, None], *geometry),
-                       ops.conv_transpose2d(x, w, b, *geometry))
-
 
 # Bias shapes neither (C_out,) nor (C_out, OH, OW), for input (1, 4, 5, 6),
 # weight (4, 2, 3, 3) and stride 2: C_out 2, output 11x13.
