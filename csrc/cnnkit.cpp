@@ -11,6 +11,8 @@
 #include <string>
 
 #include "cpu/fma_peak.h"
+#include "cpu/gemm.h"
+#include "cpu/isa.h"
 #include "schemas.h"
 
 #ifdef CNNKIT_WITH_CUDA
@@ -80,4 +82,26 @@ PYBIND11_MODULE(_C, m) {
       pybind11::arg("float64") = false, pybind11::arg("seconds") = 1.0,
       "The CPU's measured FMA peak on every intra-op thread: (GFLOP/s, instruction set, "
       "threads).");
+  m.def(
+      "cpu_isa", [] { return std::string(cnnkit::cpu::isa_name(cnnkit::cpu::active_isa())); },
+      "The instruction set the CPU kernels run on: avx512, avx2 or generic.");
+  m.def(
+      "cpu_isas",
+      [] {
+        std::vector<std::string> names;
+        for (auto isa : cnnkit::cpu::supported_isas()) names.push_back(cnnkit::cpu::isa_name(isa));
+        return names;
+      },
+      "Every instruction set this processor can run the CPU kernels on, best first.");
+  m.def("set_cpu_isa", &cnnkit::cpu::set_isa, pybind11::arg("name"),
+        "Runs the CPU kernels on instruction set `name` (\"\": the default: the best the "
+        "processor has, or CNNKIT_CPU_ISA).");
+  m.def(
+      "matmul",
+      [](const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+        cnnkit::cpu::matmul(out, a, b, accumulate);
+      },
+      pybind11::arg("out"), pybind11::arg("a"), pybind11::arg("b"),
+      pybind11::arg("accumulate") = false,
+      "out (+)= a @ b on cnnkit's CPU matrix product (2-D float32/float64 CPU tensors).");
 }

@@ -9,18 +9,18 @@
 //     input gradient   dV[n]   = col2im( K_g^T @ G[n]_g )
 //     weight gradient  dK_g   += G[n]_g @ col(V[n])_g^T     (summed over n)
 //
-// The products go to ATen's BLAS; the data movement (unfolding, folding back,
-// bias) is ours. A 1x1 kernel at stride 1 without padding needs no unfolding:
+// The products run on cnnkit's own matrix product (gemm.h), as does the data
+// movement (unfolding, folding back, bias). A 1x1 kernel at stride 1 without padding needs no unfolding:
 // the input plane set itself is the patch matrix.
 //
 // Batching: small images put the patch matrices of several samples side by
 // side, so each product has about 1024 columns and reads the weights once per
 // block of samples. Parallelism: with at least as many blocks as threads,
 // the blocks are split into one contiguous range per thread, each with its
-// own scratch and single-threaded BLAS; a batch that is one block with many
+// own scratch and single-threaded products; a batch that is one block with many
 // tile phases gets one contiguous range of phases per thread instead;
-// otherwise blocks run one after another and the loops and BLAS inside each
-// run in parallel. Partial sums (weight gradient per range of blocks, input
+// otherwise blocks run one after another and the loops and products inside
+// each run in parallel. Partial sums (weight gradient per range of blocks, input
 // gradient per range of phases) are added in range order, so results do not
 // depend on thread timing.
 #include <ATen/ATen.h>
@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "cpu/conv2d.h"
+#include "cpu/gemm.h"
 #include "cpu/im2col.h"
 #include "conv_ops.h"
 #include "cpu/memory.h"
@@ -73,7 +74,7 @@ Conv2dProblem phase_problem(const Conv2dProblem& pb, int64_t phase) {
 // block and there are at least as many tile phases as threads, a chunk is
 // instead a contiguous range of phases, [phase_bounds[c], phase_bounds[c+1]),
 // of that block: each thread then runs its phases from unfolding to product to
-// store without meeting the other, with single-threaded BLAS like the blocks
+// store without meeting the other, with single-threaded products like the blocks
 // of a dense convolution. Splitting every phase's steps over the threads cost
 // two or three parallel regions per phase (about 150 per fwd+bwd for 4x4
 // tiles' 16 phases), and with 2x2 tiles on 7x7 to 28x28 images it ran
@@ -194,63 +195,17 @@ void for_each_block(const Conv2dProblem& pb, const BatchPlan& plan, const F& fn)
   });
 }
 
-// Products with at most this many columns (or rows) are split over the
-// threads by rows (or columns) (below).
-constexpr int64_t kNarrowColumns = 64;
-
 // dst[g] = a[g] @ b[g] (+ dst[g] if accumulate) for every group g (tensors of
-// shape (G, rows, cols)).
-//
-// A product narrow in one dimension only (the tile phases of a tiled
-// convolution on a small image: a large weight against a few columns), when
-// written rather than accumulated, streams its large matrix through the
-// kernels of narrow_mm.h. Other narrow products go to ATen's BLAS, which runs
-// them 3x slower on two threads than on one (measured: 16 products
-// 512x4608 @ 4608x16, 73 ms vs 23 ms); outside a parallel region they are
-// split here instead: each thread one contiguous block of rows, with
-// single-threaded BLAS, so each row is still computed by one call and the
-// split depends only on the thread count. A product with few rows is split
-// by columns of `b`.
-void grouped_mm(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b,
+// shape (G, rows, cols)), on cnnkit's matrix product (gemm.h). A product
+// narrow in one dimension only (the tile phases of a tiled convolution on a
+// small image: a large weight against a few columns), when written rather
+// than accumulated, streams its large matrix through the kernels of
+// narrow_mm.h instead.
+void grouped_mm(const at::Tensor& dst, const at::Tensor& a, const at::Tensor& b,
                 bool accumulate = false) {
-  if (!accumulate && narrow_mm(dst, a, b)) return;
-  if (accumulate) {
-    if (dst.size(0) == 1) {
-      dst.select(0, 0).addmm_(a.select(0, 0), b.select(0, 0));
-    } else {
-      dst.baddbmm_(a, b);
-    }
-    return;
-  }
-  const int64_t rows = dst.size(1), cols = dst.size(2), threads = at::get_num_threads();
-  const bool split_rows = cols <= kNarrowColumns && rows >= 2 * threads;
-  const bool split_cols = !split_rows && rows <= kNarrowColumns && cols >= 2 * threads;
-  if ((split_rows || split_cols) && threads > 1 && !at::in_parallel_region()) {
-    const at::ThreadLocalState caller_state;
-    const int64_t extent = split_rows ? rows : cols;
-    at::parallel_for(0, threads, 1, [&](int64_t c0, int64_t c1) {
-      at::ThreadLocalStateGuard state_guard(caller_state);
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t i0 = c * extent / threads, i1 = (c + 1) * extent / threads;
-        for (int64_t g = 0; g < dst.size(0); ++g) {
-          if (split_rows) {
-            auto d = dst.select(0, g).narrow(0, i0, i1 - i0);
-            at::mm_out(d, a.select(0, g).narrow(0, i0, i1 - i0), b.select(0, g));
-          } else {
-            auto d = dst.select(0, g).narrow(1, i0, i1 - i0);
-            at::mm_out(d, a.select(0, g), b.select(0, g).narrow(1, i0, i1 - i0));
-          }
-        }
-      }
-    });
-    return;
-  }
-  if (dst.size(0) == 1) {
-    auto d = dst.select(0, 0);
-    at::mm_out(d, a.select(0, 0), b.select(0, 0));
-  } else {
-    at::bmm_out(dst, a, b);
-  }
+  at::Tensor out = dst;
+  if (!accumulate && narrow_mm(out, a, b)) return;
+  grouped_matmul(dst, a, b, accumulate);
 }
 
 // Input-gradient patch matrices with at most this many columns are computed
@@ -551,11 +506,7 @@ at::Tensor tap_forward(const Conv2dProblem& pb, const at::Tensor& input,
         for (int64_t s = 0; s < pb.S; ++s) {
           const auto w = taps[t][r][s];
           const auto x = shifted(comps, tap_of(pb, geo, ph, r, s), columns);
-          if (r == 0 && s == 0) {
-            at::mm_out(z, w, x);
-          } else {
-            z.addmm_(w, x);
-          }
+          matmul(z, w, x, /*accumulate=*/r > 0 || s > 0);
         }
       }
       add_phase_bias(pb, bias_phases, t, count, geo.layout(), z);
@@ -584,7 +535,7 @@ at::Tensor tap_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_ou
       for (int64_t r = 0; r < pb.R; ++r) {
         for (int64_t s = 0; s < pb.S; ++s) {
           auto dx = shifted(comps, tap_of(pb, geo, ph, r, s), columns);
-          dx.addmm_(taps[t][r][s].t(), g);
+          matmul(dx, taps[t][r][s].t(), g, /*accumulate=*/true);
         }
       }
     }
@@ -621,11 +572,7 @@ at::Tensor tap_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
           for (int64_t s = 0; s < pb.S; ++s) {
             auto dk = partial[chunk][t][r][s];
             const auto x_t = shifted(comps, tap_of(pb, geo, ph, r, s), columns).t();
-            if (first) {
-              dk.addmm_(g, x_t);
-            } else {
-              at::mm_out(dk, g, x_t);
-            }
+            matmul(dk, g, x_t, /*accumulate=*/first);
           }
         }
         first = 1;
