@@ -42,7 +42,7 @@ struct F64x8 {
 
 // 12 x 2 vectors: 24 accumulators of the 32 registers, enough independent
 // chains to cover the FMA latency on two FMA ports.
-CNNKIT_GEMM_KERNEL(gemm_avx512_f32, F32x16, 12, 2, 256, 192, 4096)
+CNNKIT_GEMM_KERNEL(gemm_avx512_f32, F32x16, 6, 4, 128, 384, 4096)
 CNNKIT_GEMM_KERNEL(gemm_avx512_f64, F64x8, 12, 2, 128, 192, 4096)
 
 }  // namespace cnnkit::cpu::gemm_detail
