@@ -5,15 +5,28 @@ Environment:
   CNNKIT_CPU_ONLY=1        never build the CUDA sources
   CUDA_HOME                toolkit root; found from `nvcc` on the PATH otherwise
   TORCH_CUDA_ARCH_LIST     target architectures (default "8.0;9.0": A100, H100/H200)
-  CNNKIT_CXX_ARCH          host code generation flag (default -march=native)
+  CNNKIT_CXX_FLAGS         extra host compiler flags for every module (default none; the
+                           build never uses -march=native: see CPU kernel modules below)
   MAX_JOBS                 parallel compile jobs (ninja)
   CNNKIT_EMULATION         build cnnkit._C_emu instead of cnnkit._C: the CUDA sources
                            compiled as host C++ against csrc/emulation/ (make emulate).
                            "fibers": the test suite's build; "asan" / "tsan": built with
                            AddressSanitizer + UndefinedBehaviorSanitizer / ThreadSanitizer
                            (make emulate-sanitize)
+
+CPU kernel modules: the CPU kernels (csrc/cpu/) are compiled once per x86-64
+instruction set into cnnkit._C_cpu_avx512, cnnkit._C_cpu_avx2 and
+cnnkit._C_cpu_generic (only the last on other architectures), each with its
+own flags and ATen's Vectorized<T> for that instruction set. cnnkit._C, built
+for the baseline of the architecture, holds the op definitions, the CUDA
+kernels and the processor's feature detection; at import cnnkit loads the
+best CPU kernel module the processor runs (or the one CNNKIT_CPU_ISA names),
+so one built extension runs on any x86-64 processor. Each module is a
+separate shared library: code compiled for a wider instruction set is never
+linked with, nor chosen by the loader for, code that runs everywhere.
 """
 import glob
+import platform
 import os
 import shutil
 import subprocess
@@ -62,29 +75,24 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
-def cpu_capability_flags(arch_flag):
-    """-D flags that select ATen's Vectorized<T> implementation matching the
-    host code generation flag (AVX512 > AVX2 > scalar DEFAULT)."""
-    cxx = os.environ.get("CXX", "c++")
-    try:
-        macros = subprocess.run([cxx, arch_flag, "-dM", "-E", "-x", "c++", "/dev/null"],
-                                capture_output=True, text=True, timeout=60).stdout
-    except OSError:
-        macros = ""
-    has = lambda m: f"#define {m} 1" in macros  # noqa: E731
-    if all(has(m) for m in ("__AVX512F__", "__AVX512BW__", "__AVX512DQ__", "__AVX512VL__")):
-        return ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"], "AVX512"
-    if has("__AVX2__") and has("__FMA__"):
-        return ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"], "AVX2"
-    return ["-DCPU_CAPABILITY=DEFAULT"], "DEFAULT"
-
+# Per instruction set: its name, the compiler flags of its CPU kernel module
+# and ATen's CPU_CAPABILITY (which Vectorized<T> implementation it compiles).
+X86_ISAS = [
+    ("avx512", ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma",
+                "-mf16c", "-mbmi2"], "AVX512"),
+    ("avx2", ["-mavx2", "-mfma", "-mf16c", "-mbmi2"], "AVX2"),
+    ("generic", [], "DEFAULT"),
+]
+cpu_isas = X86_ISAS if platform.machine() in ("x86_64", "AMD64") else [("generic", [], "DEFAULT")]
 
 with_cuda = bool(cuda_home) and torch.version.cuda is not None
-arch_flag = os.environ.get("CNNKIT_CXX_ARCH", "-march=native")
-vec_flags, vec_name = cpu_capability_flags(arch_flag)
+extra_flags = os.environ.get("CNNKIT_CXX_FLAGS", "").split()
+common_flags = ["-O3", "-fopenmp", *extra_flags]
 
-sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-cxx_flags = ["-O3", arch_flag, "-fopenmp", *vec_flags]
+# cnnkit._C: op definitions, bindings, CUDA kernels; the processor's features
+# (isa.cpp) and its FMA peak (fma_peak.cpp, per-function target attributes).
+sources = sorted(glob.glob("csrc/*.cpp")) + ["csrc/cpu/isa.cpp", "csrc/cpu/fma_peak.cpp"]
+cxx_flags = [*common_flags, "-DCPU_CAPABILITY=DEFAULT"]
 define_macros = []
 extension = CppExtension
 extra_compile_args = {"cxx": cxx_flags}
@@ -94,13 +102,50 @@ if with_cuda:
     extension = CUDAExtension
     extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
 
+# Each CPU kernel module: every CPU source but the two above, plus the problem
+# checks (csrc/problem.cpp) it shares with cnnkit._C.
+cpu_sources = sorted(set(glob.glob("csrc/cpu/*.cpp")) - {"csrc/cpu/fma_peak.cpp"}) + \
+    ["csrc/problem.cpp"]
+
+
+def wrapper_sources(folder, files):
+    """One-line .cpp files that #include each of `files` (paths under csrc/),
+    so that each module compiles its own objects of shared sources (setuptools
+    puts every module's objects in one build folder, named after the source)."""
+    wrappers = os.path.join(ROOT, "build", folder)
+    os.makedirs(wrappers, exist_ok=True)
+    units = []
+    for path in files:
+        unit = os.path.join(wrappers, os.path.basename(path).rsplit(".", 1)[0] + ".cpp")
+        text = f'#include "{os.path.join(ROOT, path)}"\n'
+        if not os.path.exists(unit) or open(unit).read() != text:
+            with open(unit, "w") as f:
+                f.write(text)
+        units.append(os.path.relpath(unit, ROOT))
+    return units
+
+
+def cpu_module(isa, flags, capability):
+    macros = [("CPU_CAPABILITY", capability), (f"CPU_CAPABILITY_{capability}", None),
+              ("CNNKIT_MODULE_ISA", isa)]
+    return CppExtension(
+        f"cnnkit._C_cpu_{isa}",
+        wrapper_sources(f"cpu-{isa}-sources", cpu_sources),
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=macros,
+        extra_compile_args={"cxx": [*common_flags, *flags]},
+        extra_link_args=["-fopenmp"],
+    )
+
+
 print(
     "cnnkit build configuration:\n"
     f"  torch {torch.__version__} (CUDA {torch.version.cuda})\n"
     f"  CUDA toolkit: {cuda_home or 'not found'}\n"
     f"  CUDA kernels: {'yes, archs ' + os.environ['TORCH_CUDA_ARCH_LIST'] if with_cuda else 'no'}\n"
-    f"  host flags: {' '.join(cxx_flags)} (Vectorized: {vec_name})\n"
-    f"  sources: {len(sources)} files",
+    f"  host flags: {' '.join(cxx_flags)}\n"
+    f"  CPU kernel modules: {', '.join(isa for isa, _, _ in cpu_isas)}\n"
+    f"  sources: {len(sources)} + {len(cpu_sources)} per CPU kernel module",
     file=sys.stderr,
 )
 
@@ -121,16 +166,7 @@ def emulated_extension(mode):
     headers."""
     if mode not in EMULATION_FLAGS:
         sys.exit(f"CNNKIT_EMULATION={mode!r}: expected one of {', '.join(EMULATION_FLAGS)}")
-    wrappers = os.path.join(ROOT, "build", "emulation-sources")
-    os.makedirs(wrappers, exist_ok=True)
-    units = []
-    for cu in sorted(glob.glob("csrc/cuda/*.cu")):
-        unit = os.path.join(wrappers, os.path.basename(cu)[:-3] + ".cpp")
-        text = f'#include "cuda/{os.path.basename(cu)}"\n'
-        if not os.path.exists(unit) or open(unit).read() != text:
-            with open(unit, "w") as f:
-                f.write(text)
-        units.append(os.path.relpath(unit, ROOT))
+    units = wrapper_sources("emulation-sources", sorted(glob.glob("csrc/cuda/*.cu")))
     flags = EMULATION_FLAGS[mode]
     print(f"cnnkit emulated CUDA build ({mode}): {' '.join(flags)}, {len(units)} kernel files",
           file=sys.stderr)
@@ -164,7 +200,7 @@ else:
             extra_compile_args=extra_compile_args,
             extra_link_args=["-fopenmp"],
         )
-    ]
+    ] + [cpu_module(*isa) for isa in cpu_isas]
 
 setup(
     ext_modules=ext_modules,

@@ -8,7 +8,8 @@
 """
 import torch
 
-from . import _C  # noqa: F401  (loads the kernels and registers torch.ops.cnnkit.*)
+from . import _C  # noqa: F401  (defines torch.ops.cnnkit.*; the CUDA kernels)
+from . import _cpu  # noqa: F401  (the CPU kernels for this processor's instruction set)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile)
 from . import _autograd  # noqa: F401  (gradients of every order, forward mode, batching rules)
 from . import functional, nn  # noqa: E402
@@ -20,12 +21,15 @@ __version__ = "0.1.0"
 
 
 def build_info() -> dict:
-    """How this cnnkit was built: CUDA kernels compiled or not, CUDA version,
-    the CPU instruction set its vectorised loops target."""
+    """How this cnnkit was built and what it runs on: CUDA kernels compiled or
+    not, CUDA version, the instruction set of the CPU kernels loaded for this
+    processor (cpu_isa: avx512, avx2 or generic) and the matching ATen
+    Vectorized implementation (cpu_capability)."""
     return {
         "with_cuda": bool(_C.with_cuda),
         "cuda_version": _C.cuda_version,
-        "cpu_capability": _C.cpu_capability,
+        "cpu_isa": _cpu.isa,
+        "cpu_capability": _cpu.cpu_capability,
         "torch": torch.__version__,
     }
 

@@ -11,7 +11,6 @@
 #include <string>
 
 #include "cpu/fma_peak.h"
-#include "cpu/gemm.h"
 #include "cpu/isa.h"
 #include "schemas.h"
 
@@ -70,9 +69,6 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("cuda_version") = pybind11::none();
 #endif
-#define CNNKIT_STR2(x) #x
-#define CNNKIT_STR(x) CNNKIT_STR2(x)
-  m.attr("cpu_capability") = CNNKIT_STR(CPU_CAPABILITY);
   m.def(
       "fma_peak",
       [](bool float64, double seconds) {
@@ -83,25 +79,12 @@ PYBIND11_MODULE(_C, m) {
       "The CPU's measured FMA peak on every intra-op thread: (GFLOP/s, instruction set, "
       "threads).");
   m.def(
-      "cpu_isa", [] { return std::string(cnnkit::cpu::isa_name(cnnkit::cpu::active_isa())); },
-      "The instruction set the CPU kernels run on: avx512, avx2 or generic.");
-  m.def(
       "cpu_isas",
       [] {
         std::vector<std::string> names;
         for (auto isa : cnnkit::cpu::supported_isas()) names.push_back(cnnkit::cpu::isa_name(isa));
         return names;
       },
-      "Every instruction set this processor can run the CPU kernels on, best first.");
-  m.def("set_cpu_isa", &cnnkit::cpu::set_isa, pybind11::arg("name"),
-        "Runs the CPU kernels on instruction set `name` (\"\": the default: the best the "
-        "processor has, or CNNKIT_CPU_ISA).");
-  m.def(
-      "matmul",
-      [](const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-        cnnkit::cpu::matmul(out, a, b, accumulate);
-      },
-      pybind11::arg("out"), pybind11::arg("a"), pybind11::arg("b"),
-      pybind11::arg("accumulate") = false,
-      "out (+)= a @ b on cnnkit's CPU matrix product (2-D float32/float64 CPU tensors).");
+      "Every instruction set of cnnkit's CPU kernel modules this processor runs, widest "
+      "first.");
 }

@@ -3,6 +3,7 @@ that a CUDA tensor never silently goes through the CPU (SPEC 3, Backends)."""
 from __future__ import annotations
 
 import importlib
+import os
 import importlib.machinery
 import re
 
@@ -36,13 +37,15 @@ ALL_OPS = sorted(name.split("::", 1)[1] for name in torch._C._dispatch_get_all_o
 
 def test_build_info_fields():
     info = cnnkit.build_info()
-    assert set(info) == {"with_cuda", "cuda_version", "cpu_capability", "torch"}
+    assert set(info) == {"with_cuda", "cuda_version", "cpu_isa", "cpu_capability", "torch"}
     assert isinstance(info["with_cuda"], bool)
     if info["with_cuda"]:
         assert re.fullmatch(r"\d+\.\d+", info["cuda_version"]), info["cuda_version"]
     else:
         assert info["cuda_version"] is None
-    assert info["cpu_capability"] in {"AVX512", "AVX2", "DEFAULT"}
+    capability = {"avx512": "AVX512", "avx2": "AVX2", "generic": "DEFAULT"}
+    assert info["cpu_capability"] == capability[info["cpu_isa"]]
+    assert info["cpu_isa"] == (os.environ.get("CNNKIT_CPU_ISA") or cnnkit._C.cpu_isas()[0])
     assert info["torch"] == torch.__version__
 
 
@@ -53,7 +56,8 @@ def test_compiled_module_is_a_pybind11_extension():
     assert mod.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
     assert mod.__doc__ and "torch.ops.cnnkit" in mod.__doc__
     assert isinstance(mod.with_cuda, bool)
-    assert mod.cpu_capability == cnnkit.build_info()["cpu_capability"]
+    cpu = importlib.import_module(f"cnnkit._C_cpu_{cnnkit.build_info()['cpu_isa']}")
+    assert cpu.cpu_capability == cnnkit.build_info()["cpu_capability"]
     with open(mod.__file__, "rb") as so:
         # PYBIND11_MODULE leaves pybind11's internals key in the binary.
         assert b"pybind11" in so.read()

@@ -3,16 +3,32 @@
 #include <c10/util/Exception.h>
 
 #include <atomic>
-#include <cstdlib>
+#include <cstring>
 
 namespace cnnkit::cpu {
 namespace {
 
 constexpr Isa kAllIsas[] = {Isa::avx512, Isa::avx2, Isa::generic};
 
+// The CPU kernel module's own instruction set (CNNKIT_MODULE_ISA, set by
+// setup.py), or, in cnnkit._C, the widest.
+#define CNNKIT_STRINGIFY2(x) #x
+#define CNNKIT_STRINGIFY(x) CNNKIT_STRINGIFY2(x)
+Isa module_isa() {
+#ifdef CNNKIT_MODULE_ISA
+  const char* name = CNNKIT_STRINGIFY(CNNKIT_MODULE_ISA);
+  for (Isa isa : kAllIsas) {
+    if (std::strcmp(name, isa_name(isa)) == 0) return isa;
+  }
+#endif
+  return Isa::avx512;
+}
+
 Isa parse_isa(const std::string& name, const char* where) {
   for (Isa isa : kAllIsas) {
     if (name == isa_name(isa)) {
+      TORCH_CHECK(static_cast<int>(isa) <= static_cast<int>(module_isa()), where, ": ", name,
+                  " is wider than this CPU kernel module's ", isa_name(module_isa()));
       TORCH_CHECK(isa_supported(isa), where, ": this processor does not support ", name,
                   "; supported: ", [] {
                     std::string names;
@@ -25,11 +41,7 @@ Isa parse_isa(const std::string& name, const char* where) {
   TORCH_CHECK(false, where, ": expected one of avx512, avx2 or generic, but got '", name, "'");
 }
 
-Isa default_isa() {
-  const char* env = std::getenv("CNNKIT_CPU_ISA");
-  if (env != nullptr && *env != '\0') return parse_isa(env, "CNNKIT_CPU_ISA");
-  return supported_isas().front();
-}
+Isa default_isa() { return supported_isas().front(); }
 
 // -1: not chosen yet.
 std::atomic<int> chosen{-1};
@@ -61,7 +73,9 @@ bool isa_supported(Isa isa) {
 std::vector<Isa> supported_isas() {
   std::vector<Isa> isas;
   for (Isa isa : kAllIsas) {
-    if (isa_supported(isa)) isas.push_back(isa);
+    if (static_cast<int>(isa) <= static_cast<int>(module_isa()) && isa_supported(isa)) {
+      isas.push_back(isa);
+    }
   }
   return isas;
 }
@@ -77,7 +91,7 @@ Isa active_isa() {
 
 void set_isa(const std::string& name) {
   chosen.store(name.empty() ? static_cast<int>(default_isa())
-                            : static_cast<int>(parse_isa(name, "cnnkit.set_cpu_isa")),
+                            : static_cast<int>(parse_isa(name, "cnnkit set_cpu_isa")),
                std::memory_order_relaxed);
 }
 

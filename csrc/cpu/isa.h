@@ -1,10 +1,14 @@
-// The x86-64 instruction sets cnnkit's CPU kernels are compiled for, and the
-// one they run on: the best the processor supports, unless CNNKIT_CPU_ISA
-// (avx512, avx2 or generic) names another, or set_isa() does (tests run every
-// variant the machine supports). Kernels for each instruction set live in
-// their own translation unit compiled for it (gemm_avx512.cpp, ...); the rest
-// of the extension is built for baseline x86-64, so one built extension runs
-// on any x86-64 processor. On other architectures only `generic` exists.
+// The x86-64 instruction sets cnnkit's CPU kernels are compiled for, which of
+// them the processor supports, and which the matrix product (gemm.h) runs on.
+//
+// The CPU kernels are built once per instruction set, as separate modules
+// (setup.py); cnnkit._C, built for the baseline, tells Python which the
+// processor can run, and Python loads the best one, or the one
+// CNNKIT_CPU_ISA names. Inside a module the matrix product, whose kernels
+// for every instruction set are compiled in their own translation units
+// (gemm_avx512.cpp, ...), runs on the module's instruction set, or on a
+// narrower one that set_isa() picks (tests run every product variant). On
+// other architectures only `generic` exists.
 #pragma once
 
 #include <string>
@@ -17,12 +21,14 @@ enum class Isa { generic, avx2, avx512 };
 const char* isa_name(Isa isa);
 // Whether this processor (and build) can run kernels compiled for `isa`.
 bool isa_supported(Isa isa);
-// Every supported instruction set, best first.
+// Every instruction set the processor supports, best first; in a CPU kernel
+// module, only those no wider than the module's own.
 std::vector<Isa> supported_isas();
-// The instruction set kernels run on now.
+// The instruction set the matrix product runs on now: the module's own unless
+// set_isa() said otherwise.
 Isa active_isa();
-// Runs kernels on `name` from now on ("" returns to the default choice);
-// errors if the processor lacks it.
+// Runs the matrix product on `name` from now on ("": the module's own);
+// errors if it is not among supported_isas().
 void set_isa(const std::string& name);
 
 }  // namespace cnnkit::cpu
