@@ -40,6 +40,7 @@
 #include "conv_ops.h"
 #include "cpu/memory.h"
 #include "cpu/narrow_mm.h"
+#include "cpu/winograd.h"
 #include "problem.h"
 
 namespace cnnkit::cpu {
@@ -591,6 +592,9 @@ at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
                         const at::Tensor& weight_phases, const at::Tensor& bias_phases) {
   auto output = empty_large({pb.N, pb.K, pb.P, pb.Q}, input.options());
   if (output.numel() == 0) return output;
+  if (use_winograd(pb, input.scalar_type())) {
+    return winograd_forward(pb, input, weight_phases, bias_phases);
+  }
   if (use_tap_products(pb)) return tap_forward(pb, input, weight_phases, bias_phases, output);
   const int64_t G = pb.groups, Kg = pb.group_out_channels();
   const auto plan = plan_batch(pb);
@@ -617,6 +621,9 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
                                const at::Tensor& weight_phases) {
   auto grad_input = empty_large({pb.N, pb.C, pb.H, pb.W}, grad_output.options());
   if (grad_input.numel() == 0) return grad_input;
+  if (use_winograd(pb, grad_output.scalar_type())) {
+    return winograd_input_backward(pb, grad_output, weight_phases);
+  }
   // The input gradient's tap products are (C x K) @ (K x columns), each
   // adding into a shifted component: with fewer input than output channels
   // (128 -> 256 on 56x56) they ran 1.2x slower than the patch engine.
@@ -682,6 +689,9 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
 
 at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_output,
                                 const at::Tensor& input) {
+  if (use_winograd(pb, input.scalar_type())) {
+    return winograd_weight_backward(pb, grad_output, input);
+  }
   if (use_tap_products(pb)) return tap_weight_backward(pb, grad_output, input);
   const int64_t G = pb.groups, Kg = pb.group_out_channels(), T = pb.phase_count();
   const auto plan = plan_batch(pb);
