@@ -18,9 +18,9 @@ that drift in clock speed or machine load affects both.
 
 The machine's ceilings are measured in the same run: on the CPU the FMA peak
 (cnnkit._C.fma_peak: independent chains of fused multiply-adds in registers on
-every thread, the best instruction set the CPU has), with a large matmul
-(ATen's BLAS) reported beside it and not as the ceiling, since a vendor BLAS
-may run far below the machine; on CUDA a large matmul; and a large copy (GB/s,
+every thread, the best instruction set the CPU has), with the same large
+matmul on cnnkit's own matrix product and on ATen's BLAS reported beside it
+and not as the ceiling, since a vendor BLAS may run far below the machine; on CUDA a large matmul; and a large copy (GB/s,
 read + write bytes; on CUDA a device-to-device copy). A convolution row
 reports its GFLOP/s and the fraction of the compute ceiling, a pooling row its
 GB/s of minimal traffic and the fraction of the copy ceiling.
@@ -748,6 +748,12 @@ def measure_ceilings(device, dtype, threads) -> dict:
         finally:
             torch.set_num_threads(previous)
         ceilings.update(fma_gflops=gflops, fma_isa=isa, compute_gflops=gflops)
+        a, b = (torch.randn(size, size, dtype=dtype) for _ in range(2))
+        c = torch.empty_like(a)
+        own = Timer("matmul(c, a, b)", globals={"matmul": cnnkit._cpu.matmul, "a": a, "b": b, "c": c},
+                    num_threads=threads, timer=clock).blocked_autorange(min_run_time=CEILING_MIN_RUN_TIME)
+        ceilings.update(cnnkit_matmul_gflops=2 * size**3 / own.median / 1e9,
+                        cnnkit_matmul_isa=cnnkit._cpu.cpu_isa())
     return ceilings
 
 
@@ -1085,7 +1091,9 @@ def ceilings_text(ceilings: dict, device: str) -> str:
               f"{ceilings['matmul_gflops']:.1f} GFLOP/s")
     if "fma_gflops" in ceilings:
         compute = (f"FMA peak {ceilings['fma_gflops']:.1f} GFLOP/s ({ceilings['fma_isa']}; "
-                   f"conv % ceil), ATen {matmul}")
+                   f"conv % ceil), cnnkit matmul {ceilings['matmul_size']}^2 "
+                   f"{ceilings['cnnkit_matmul_gflops']:.1f} GFLOP/s "
+                   f"({ceilings['cnnkit_matmul_isa']}), ATen {matmul}")
     else:
         compute = f"{matmul} (conv % ceil)"
     return (f"{compute}; "
