@@ -17,12 +17,16 @@
 // side, so each product has about 1024 columns and reads the weights once per
 // block of samples. Parallelism: with at least as many blocks as threads,
 // the blocks are split into one contiguous range per thread, each with its
-// own scratch and single-threaded products; a batch that is one block with many
-// tile phases gets one contiguous range of phases per thread instead;
-// otherwise blocks run one after another and the loops and products inside
-// each run in parallel. Partial sums (weight gradient per range of blocks, input
-// gradient per range of phases) are added in range order, so results do not
-// depend on thread timing.
+// own scratch and single-threaded products; a forward or weight gradient
+// whose batch is one block with many tile phases gets one contiguous range
+// of phases per thread instead; otherwise blocks run one after another and
+// the loops and products inside each run in parallel.
+//
+// Determinism: every output element is the same sum in the same order on
+// any number of threads. The blocks do not depend on the thread count, the
+// products split only their rows and columns over threads (gemm.h), the
+// input gradient sums each location's phases in order on one thread, and
+// the weight gradient's partial sums cover fixed ranges of blocks.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
@@ -114,9 +118,9 @@ BatchPlan plan_batch(const Conv2dProblem& pb, int64_t sample_columns = 0,
   const int64_t N = std::max<int64_t>(1, pb.N), threads = at::get_num_threads();
   const int64_t T = pb.phase_count();
   const int64_t columns = std::max<int64_t>(1, sample_columns > 0 ? sample_columns : sub.P * sub.Q);
+  // The blocks do not depend on the thread count: the weight gradient sums
+  // its products block by block (see kWeightPartialSums).
   int64_t blocks = std::max(ceil_div(N * columns, target_columns), min_blocks);
-  // Enough blocks for every thread to get the same number of samples.
-  if (threads > 1 && blocks >= threads) blocks = ceil_div(blocks, threads) * threads;
   const int64_t block = ceil_div(N, std::min(blocks, N));
   blocks = ceil_div(N, block);
   if (phase_chunks && threads > 1 && blocks == 1 && T >= threads) {
@@ -148,28 +152,27 @@ BatchPlan plan_batch(const Conv2dProblem& pb, int64_t sample_columns = 0,
   return {block, blocks, (threads > 1 && blocks >= threads) ? threads : 1, false, {}};
 }
 
-// The input gradient's plan. Its chunks of phases each sum into a gradient of
-// their own, added together at the end (a second input-sized buffer, written,
-// read and added); chunks of samples write disjoint samples of one gradient,
-// but each reads every phase's weight. So the samples are split over the
-// threads instead of the phases when each thread still gets at least
-// kSampleChunkColumns product columns per phase, enough that the extra
-// weight reads cost less than the extra gradient (measured in alternating
-// single calls, input gradient, new/old time: 2x2 tiles on 4x128x28x28 0.83,
-// 4x256x28x28 -> 512 0.97, 4x128x56x56 at stride 2 0.67; 4x4 tiles on
-// 4x64x56x56 0.86; with 98 columns per thread, 4x4 tiles on 4x128x28x28
-// 0.90 but 2x2 tiles on 4x256x14x14 and 4x512x14x14 1.06 and 1.02; with 32
-// and 8, 2x2 and 4x4 tiles on 4x512x7x7, 1.38 and 1.34).
-constexpr int64_t kSampleChunkColumns = 128;
-
+// The input gradient's plan: chunks of samples, at least one block per
+// thread, never chunks of phases. Phase chunks would each sum into a
+// gradient of their own, added together at the end, so where a phase range
+// ends would change the order of each input location's sum with the thread
+// count; split by samples, every location's sum runs over the phases in
+// order on one thread.
 BatchPlan plan_input_backward_batch(const Conv2dProblem& pb) {
-  auto plan = plan_batch(pb);
-  const int64_t threads = plan.chunks;
-  const auto sub = phase_problem(pb, 0);
-  if (plan.by_phases && pb.N >= threads &&
-      pb.N / threads * sub.P * sub.Q >= kSampleChunkColumns) {
-    plan = plan_batch(pb, 0, kTargetColumns, /*phase_chunks=*/false, /*min_blocks=*/threads);
-  }
+  return plan_batch(pb, 0, kTargetColumns, /*phase_chunks=*/false,
+                    /*min_blocks=*/at::get_num_threads());
+}
+
+// The weight gradient sums the products of its blocks of samples: in chunks
+// of consecutive blocks, each chunk into a partial sum of its own, block
+// after block, and then the partial sums in chunk order. The chunks are
+// min(blocks, kWeightPartialSums), whatever the thread count, so each weight
+// element is the same sum in the same order on any number of threads; the
+// threads take whole chunks.
+constexpr int64_t kWeightPartialSums = 8;
+
+BatchPlan plan_weight_backward_batch(BatchPlan plan) {
+  if (!plan.by_phases) plan.chunks = std::min(plan.blocks, kWeightPartialSums);
   return plan;
 }
 
@@ -553,7 +556,7 @@ at::Tensor tap_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_ou
 at::Tensor tap_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_output,
                                const at::Tensor& input) {
   const auto geo = tap_geometry(pb);
-  const auto plan = plan_tap_batch(pb, geo);
+  const auto plan = plan_weight_backward_batch(plan_tap_batch(pb, geo));
   const int64_t T = pb.phase_count();
   // Partial sums per chunk of blocks, (chunks, T, R, S, K, C), added in chunk
   // order; a chunk's first block of a phase writes its products.
@@ -633,16 +636,9 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
   const int64_t G = pb.groups;
   const auto w_t = weight_phases.transpose(2, 3);  // (T, G, C/G*R*S, K/G)
   const auto plan = plan_input_backward_batch(pb);
-  // Chunks of phases (BatchPlan) sum into one gradient each, chunk 0 into
-  // grad_input itself; the others are added to it in chunk order at the end.
-  const auto others =
-      plan.by_phases
-          ? empty_large({plan.chunks - 1, pb.N, pb.C, pb.H, pb.W}, grad_output.options())
-          : at::Tensor();
-  std::vector<char> written(plan.chunks, 0);  // entry c: chunk c's own thread's
-  for_each_block(pb, plan, [&](int64_t chunk, int64_t n0, int64_t n1, int64_t ph0, int64_t ph1) {
+  for_each_block(pb, plan, [&](int64_t, int64_t n0, int64_t n1, int64_t ph0, int64_t ph1) {
     auto scratch = patch_scratch(pb, plan, grad_output);
-    auto target = plan.by_phases && chunk > 0 ? others.select(0, chunk - 1) : grad_input;
+    auto& target = grad_input;
     const int64_t count = n1 - n0;
     bool block_written = false;  // the block's first phase writes, later ones add
     for (int64_t ph = ph0; ph < ph1; ++ph) {
@@ -677,13 +673,7 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
       });
       block_written = true;
     }
-    if (block_written) written[chunk] = 1;
   });
-  // Chunk 0 holds phase 0, which covers the most locations: with any output
-  // at all, it has written grad_input.
-  for (int64_t c = 1; plan.by_phases && c < plan.chunks; ++c) {
-    if (written[c]) grad_input.add_(others.select(0, c - 1));
-  }
   return grad_input;
 }
 
@@ -694,7 +684,7 @@ at::Tensor conv_weight_backward(const Conv2dProblem& pb, const at::Tensor& grad_
   }
   if (use_tap_products(pb)) return tap_weight_backward(pb, grad_output, input);
   const int64_t G = pb.groups, Kg = pb.group_out_channels(), T = pb.phase_count();
-  const auto plan = plan_batch(pb);
+  const auto plan = plan_weight_backward_batch(plan_batch(pb));
   // One partial sum per chunk of blocks, added in chunk order below (chunks
   // of phases write disjoint phases of one). A chunk's first block of a phase
   // writes its product (beta = 0) instead of adding to zeros: no pass to zero
