@@ -93,6 +93,7 @@ struct BatchPlan {
 };
 
 constexpr int64_t kTargetColumns = 1024;
+constexpr int64_t kPointwiseSampleColumns = 256;
 
 // A phase's share of the work, for splitting phases over threads: its columns
 // plus a term for reading its weight, which costs about as much as
@@ -121,6 +122,10 @@ BatchPlan plan_batch(const Conv2dProblem& pb, int64_t sample_columns = 0,
   // The blocks do not depend on the thread count: the weight gradient sums
   // its products block by block (see kWeightPartialSums).
   int64_t blocks = std::max(ceil_div(N * columns, target_columns), min_blocks);
+  // A pointwise convolution's patch matrix is the input itself, one sample
+  // at a time: with enough columns per sample, blocks of one sample save
+  // copying samples side by side.
+  if (is_pointwise(sub) && columns >= kPointwiseSampleColumns) blocks = N;
   const int64_t block = ceil_div(N, std::min(blocks, N));
   blocks = ceil_div(N, block);
   if (phase_chunks && threads > 1 && blocks == 1 && T >= threads) {
