@@ -71,6 +71,15 @@ Conv2dProblem phase_problem(const Conv2dProblem& pb, int64_t phase) {
   return sub;
 }
 
+// Output rows [p0, p1) of `sub`: the convolution with P = p1 - p0 whose
+// top padding is shifted by p0*stride_h (negative past the padded rows).
+Conv2dProblem row_band(const Conv2dProblem& sub, int64_t p0, int64_t p1) {
+  Conv2dProblem band = sub;
+  band.P = p1 - p0;
+  band.pad_h = sub.pad_h - p0 * sub.stride_h;
+  return band;
+}
+
 // How the work is cut: blocks of `block` samples whose patch matrices sit side
 // by side in one matrix (so that a small image still gives each product about
 // kTargetColumns columns and the weights are read once per block, not once
@@ -617,7 +626,19 @@ at::Tensor conv_forward(const Conv2dProblem& pb, const at::Tensor& input,
       const bool direct = pb.phase_count() == 1 && n1 - n0 == 1;
       auto out = direct ? output.select(0, n0).view({G, Kg, pb.P * pb.Q})
                         : empty_large({G, Kg, (n1 - n0) * sub.P * sub.Q}, input.options());
-      grouped_mm(out, weight_phases.select(0, ph), patches(sub, input, n0, n1 - n0, scratch));
+      if (direct && !patches_are_input(sub, 1) && sub.P * sub.Q > 2 * kTargetColumns) {
+        // A wide sample (a large image) is unfolded and multiplied one band of
+        // about kTargetColumns output columns at a time, so that the band's
+        // patch matrix is still in cache when the product packs it.
+        const int64_t band_rows = std::max<int64_t>(1, kTargetColumns / sub.Q);
+        for (int64_t p0 = 0; p0 < sub.P; p0 += band_rows) {
+          const auto band = row_band(sub, p0, std::min(sub.P, p0 + band_rows));
+          grouped_mm(out.narrow(2, p0 * sub.Q, band.P * sub.Q), weight_phases.select(0, ph),
+                     patches(band, input, n0, 1, scratch));
+        }
+      } else {
+        grouped_mm(out, weight_phases.select(0, ph), patches(sub, input, n0, n1 - n0, scratch));
+      }
       add_phase_bias(pb, bias_phases, ph, n1 - n0, patch_column_layout(pb, ph), out);
       if (!direct) store_phase_columns(pb, output, ph, n0, n1 - n0, out);
     }

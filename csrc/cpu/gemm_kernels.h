@@ -36,7 +36,11 @@ void pack_a(int64_t m, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst) {
   for (int64_t i0 = 0; i0 < m; i0 += MR) {
     const int64_t rows = min_of<T>(MR, m - i0);
     const T* src = a + i0 * rs;
-    if (rows == MR && cs == 1) {
+    if (rows == MR && rs == 1) {  // columns contiguous (a transposed matrix)
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int i = 0; i < MR; ++i) dst[k * MR + i] = src[k * cs + i];
+      }
+    } else if (rows == MR && cs == 1) {
       for (int64_t k = 0; k < kc; ++k) {
         for (int i = 0; i < MR; ++i) dst[k * MR + i] = src[i * rs + k];
       }

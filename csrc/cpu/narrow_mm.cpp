@@ -189,7 +189,7 @@ bool narrow_mm(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b) {
   if (dst.numel() == 0 || dst.stride(2) != 1 || b.stride(2) != 1) return false;
   // One dimension narrow, both others wide: the products that stream one
   // large matrix. (With two narrow dimensions the product is small; with
-  // none, BLAS's blocking is what it needs.)
+  // none, the packed product's blocking (gemm.h) is what it needs.)
   auto only_narrow = [](int64_t x, int64_t y, int64_t z) {
     return x <= kNarrow && y > kNarrow && z > kNarrow;
   };
