@@ -717,14 +717,18 @@ bool use_winograd(const Conv2dProblem& pb, at::ScalarType dtype) {
       break;
   }
   // Measured against the direct engine on ResNet-50's 3x3 layers (64 to 512
-  // channels, 56x56 down to 7x7 outputs, batch 8), forward and backward, at
-  // 1 and 2 threads: faster from 14x14 up, by the most on the large images,
-  // where the direct engine's unfolded input is largest. On 7x7 the tiles
-  // are few, the transformed kernels (4x the weight) are reread by every
-  // pass, and the gain was small or lost. Fewer channels were not measured,
-  // so they stay with the direct engine.
-  return pb.group_in_channels() >= 64 && pb.group_out_channels() >= 64 && pb.P >= 14 &&
-         pb.Q >= 14;
+  // channels, 56x56 down to 7x7 outputs), forward and backward, at 1 and 2
+  // threads: faster wherever the batch has at least 64 output tiles of 2x2,
+  // by the most on the large images, where the direct engine's unfolded
+  // input is largest. With fewer tiles (512 channels on 7x7 at batch 1 or 2:
+  // 16 or 32 tiles), the products over the tiles are too narrow to pay for
+  // transforming the kernels (16/9 of the weight, reread by every pass); at
+  // batch 4 (64 tiles) it was 0.84-0.91 of the direct engine's time. Fewer
+  // than 64 channels and outputs under 7x7 were not measured, so they stay
+  // with the direct engine.
+  const int64_t tiles = pb.N * ((pb.P + 1) / 2) * ((pb.Q + 1) / 2);
+  return pb.group_in_channels() >= 64 && pb.group_out_channels() >= 64 && pb.P >= 7 &&
+         pb.Q >= 7 && tiles >= 64;
 }
 
 at::Tensor winograd_forward(const Conv2dProblem& pb, const at::Tensor& input,
