@@ -10,7 +10,8 @@
 //     weight gradient  dK_g   += G[n]_g @ col(V[n])_g^T     (summed over n)
 //
 // The products run on cnnkit's own matrix product (gemm.h), as does the data
-// movement (unfolding, folding back, bias). A 1x1 kernel at stride 1 without padding needs no unfolding:
+// movement (unfolding, folding back, bias). A 1x1 kernel at stride 1 without
+// padding needs no unfolding:
 // the input plane set itself is the patch matrix.
 //
 // Batching: small images put the patch matrices of several samples side by
@@ -88,8 +89,8 @@ Conv2dProblem row_band(const Conv2dProblem& sub, int64_t p0, int64_t p1) {
 // block and there are at least as many tile phases as threads, a chunk is
 // instead a contiguous range of phases, [phase_bounds[c], phase_bounds[c+1]),
 // of that block: each thread then runs its phases from unfolding to product to
-// store without meeting the other, with single-threaded products like the blocks
-// of a dense convolution. Splitting every phase's steps over the threads cost
+// store without meeting the other, with single-threaded products like the
+// blocks of a dense convolution. Splitting every phase's steps over the threads cost
 // two or three parallel regions per phase (about 150 per fwd+bwd for 4x4
 // tiles' 16 phases), and with 2x2 tiles on 7x7 to 28x28 images it ran
 // 2 to 18% slower per pass (measured in alternating single calls, median of
@@ -221,8 +222,7 @@ void for_each_block(const Conv2dProblem& pb, const BatchPlan& plan, const F& fn)
 // narrow_mm.h instead.
 void grouped_mm(const at::Tensor& dst, const at::Tensor& a, const at::Tensor& b,
                 bool accumulate = false) {
-  at::Tensor out = dst;
-  if (!accumulate && narrow_mm(out, a, b)) return;
+  if (!accumulate && narrow_mm(dst, a, b)) return;
   grouped_matmul(dst, a, b, accumulate);
 }
 
@@ -664,7 +664,6 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
   const auto plan = plan_input_backward_batch(pb);
   for_each_block(pb, plan, [&](int64_t, int64_t n0, int64_t n1, int64_t ph0, int64_t ph1) {
     auto scratch = patch_scratch(pb, plan, grad_output);
-    auto& target = grad_input;
     const int64_t count = n1 - n0;
     bool block_written = false;  // the block's first phase writes, later ones add
     for (int64_t ph = ph0; ph < ph1; ++ph) {
@@ -672,7 +671,7 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
       if (sub.P == 0 || sub.Q == 0) continue;
       const auto g = phase_columns(pb, grad_output, ph, n0, count);
       if (patches_are_input(sub, count)) {  // the product is the gradient itself
-        auto dx = target.select(0, n0).view({G, pb.group_in_channels(), pb.H * pb.W});
+        auto dx = grad_input.select(0, n0).view({G, pb.group_in_channels(), pb.H * pb.W});
         grouped_mm(dx, w_t.select(0, ph), g);
         block_written = true;
         continue;
@@ -694,7 +693,7 @@ at::Tensor conv_input_backward(const Conv2dProblem& pb, const at::Tensor& grad_o
       // Entry (row, column) of the patch matrix: col[row*ld + column*column_stride].
       const int64_t ld = transposed ? 1 : columns, column_stride = transposed ? col.size(2) : 1;
       AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "cnnkit_col2im", [&] {
-        col2im(col.const_data_ptr<scalar_t>(), target.select(0, n0).mutable_data_ptr<scalar_t>(),
+        col2im(col.const_data_ptr<scalar_t>(), grad_input.select(0, n0).mutable_data_ptr<scalar_t>(),
                sub, ld, /*accumulate=*/block_written, column_stride, count);
       });
       block_written = true;

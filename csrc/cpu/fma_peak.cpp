@@ -8,6 +8,7 @@
 // attribute and chosen at run time from the CPU's features, so the measurement
 // does not depend on the flags the extension was built with.
 #include "fma_peak.h"
+#include "isa.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -70,13 +71,13 @@ struct Variant {
   int64_t flops_per_iteration;
 };
 
+// The widest variant the processor runs, as isa.h decides for the kernels.
 Variant best_variant(bool float64) {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) {
+  if (isa_supported(Isa::avx512)) {
     return float64 ? Variant{"avx512", chains_avx512_f64, kChains512 * 8 * 2}
                    : Variant{"avx512", chains_avx512_f32, kChains512 * 16 * 2};
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+  if (isa_supported(Isa::avx2)) {
     return float64 ? Variant{"avx2", chains_avx2_f64, kChains256 * 4 * 2}
                    : Variant{"avx2", chains_avx2_f32, kChains256 * 8 * 2};
   }

@@ -184,7 +184,7 @@ void narrow_left(const T* b, int64_t bs_j, int64_t bs_i, const T* a, int64_t lda
 
 }  // namespace
 
-bool narrow_mm(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b) {
+bool narrow_mm(const at::Tensor& dst, const at::Tensor& a, const at::Tensor& b) {
   const int64_t rows = dst.size(1), cols = dst.size(2), inner = a.size(2);
   if (dst.numel() == 0 || dst.stride(2) != 1 || b.stride(2) != 1) return false;
   // One dimension narrow, both others wide: the products that stream one

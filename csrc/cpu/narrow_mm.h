@@ -36,6 +36,6 @@ constexpr int64_t kNarrow = 16;
 // dst[g] = a[g] @ b[g] for (G, rows, cols) tensors, when the product is
 // narrow in one of the two ways above (and the matrices read by rows have
 // contiguous rows); returns false, doing nothing, otherwise.
-bool narrow_mm(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b);
+bool narrow_mm(const at::Tensor& dst, const at::Tensor& a, const at::Tensor& b);
 
 }  // namespace cnnkit::cpu
